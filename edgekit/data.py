@@ -1,0 +1,184 @@
+"""Calibration and evaluation inputs: .npy / .npz arrays or folders of images.
+
+Every array is checked against the model's input spec (shape, finite values) when it is loaded,
+so bad data fails before any conversion starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .recipe import Preprocess, Recipe
+from .spec import TensorSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+RANDOM_CALIB_SAMPLES, RANDOM_EVAL_SAMPLES = 32, 8
+HELD_OUT_FRACTION = 0.2
+
+
+@dataclass
+class Dataset:
+    inputs: dict[str, np.ndarray]  # input name -> (N, *input shape without batch)
+    labels: np.ndarray | None  # (N,) class indices, when known
+    source: str  # where it came from, in words, for the manifest
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, index: np.ndarray | slice, source: str) -> "Dataset":
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, source)
+
+
+@dataclass
+class BuildData:
+    calibration: Dataset
+    evaluation: Dataset  # held out: never used for calibration
+
+
+def load_build_data(recipe: Recipe, specs: list[TensorSpec]) -> BuildData:
+    calib = recipe.calibration
+    if calib.data is None and not calib.random:
+        raise UserError("no calibration data: pass --calib PATH (.npy, .npz or a folder of images) "
+                        "or, to quantize with random inputs anyway, --random-calib (recorded in the manifest)")
+    if calib.data is None:
+        rng = np.random.default_rng(0)
+        note = "random normal inputs (requested with --random-calib); accuracy is not measured"
+        return BuildData(_random(specs, RANDOM_CALIB_SAMPLES, rng, f"calibration: {note}"),
+                         _random(specs, RANDOM_EVAL_SAMPLES, rng, f"evaluation: {note}"))
+    calibration = load(calib.data, specs, recipe.preprocess)
+    if recipe.eval:
+        evaluation = load(recipe.eval, specs, recipe.preprocess)
+    else:
+        if len(calibration) < 2:
+            raise UserError(f"{calib.data} holds {len(calibration)} sample: parity needs held-out samples, "
+                            f"so give at least 2 or pass --eval PATH")
+        held_out = max(1, int(round(len(calibration) * HELD_OUT_FRACTION)))
+        cut = len(calibration) - held_out
+        evaluation = calibration.take(slice(cut, None), f"{calib.data} (last {held_out} samples, held out)")
+        calibration = calibration.take(slice(0, cut), f"{calib.data} (first {cut} samples)")
+    if len(calibration) > calib.samples:
+        calibration = calibration.take(slice(0, calib.samples),
+                                       f"{calibration.source}, first {calib.samples} samples")
+    return BuildData(calibration, evaluation)
+
+
+def load(path_text: str, specs: list[TensorSpec], preprocess: Preprocess) -> Dataset:
+    path = Path(path_text)
+    if path.is_dir():
+        return _load_images(path, specs, preprocess)
+    if not path.is_file():
+        raise UserError(f"data {path} does not exist")
+    if path.suffix == ".npy":
+        if len(specs) != 1:
+            raise UserError(f"{path}: the model has {len(specs)} inputs; give an .npz with one array per input "
+                            f"({', '.join(s.name for s in specs)})")
+        arrays, labels = {specs[0].name: _read_npy(path)}, None
+    elif path.suffix == ".npz":
+        arrays, labels = _read_npz(path, specs)
+    else:
+        raise UserError(f"data {path} must be an .npy or .npz file or a folder of images")
+    return Dataset({s.name: _checked(arrays[s.name], s, path) for s in specs}, _labels(labels, arrays, path),
+                   str(path))
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise UserError(f"cannot read {path} as a NumPy array: {err}") from None
+
+
+def _read_npz(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {k: archive[k] for k in archive.files}
+    except Exception as err:
+        raise UserError(f"cannot read {path} as a NumPy .npz archive: {err}") from None
+    labels = contents.pop("y", None)
+    if len(specs) == 1 and specs[0].name not in contents:
+        candidates = [k for k in ("x", "input", "inputs", "images") if k in contents] or list(contents)
+        if len(candidates) != 1:
+            raise UserError(f"{path}: cannot tell which array is the input: name it 'x' "
+                            f"(found {', '.join(contents) or 'no arrays'})")
+        contents = {specs[0].name: contents[candidates[0]]}
+    missing = [s.name for s in specs if s.name not in contents]
+    if missing:
+        raise UserError(f"{path} has no array for input '{missing[0]}' (found {', '.join(contents)})")
+    return contents, labels
+
+
+def _checked(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
+    sample_shape = tuple(spec.shape[1:])
+    if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != sample_shape:
+        raise UserError(f"{path}: data for input '{spec.name}' has shape {tuple(array.shape)}, expected "
+                        f"(N, {', '.join(map(str, sample_shape))}) for the model input {tuple(spec.shape)}")
+    if len(array) == 0:
+        raise UserError(f"{path}: data for input '{spec.name}' is empty")
+    if not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"{path}: data for input '{spec.name}' has dtype {array.dtype}, expected numbers")
+    array = array.astype(spec.dtype, copy=False)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            samples = np.unique(np.nonzero(bad.reshape(len(array), -1))[0])
+            raise UserError(f"{path}: data for input '{spec.name}' contains {int(bad.sum())} NaN/Inf values "
+                            f"(in {len(samples)} samples, first at index {samples[0]}): clean the data")
+    return array
+
+
+def _labels(labels: np.ndarray | None, arrays: dict, path: Path) -> np.ndarray | None:
+    if labels is None:
+        return None
+    count = len(next(iter(arrays.values())))
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: labels 'y' must be {count} integer class indices, got shape "
+                        f"{labels.shape} dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _load_images(folder: Path, specs: list[TensorSpec], preprocess: Preprocess) -> Dataset:
+    if len(specs) != 1:
+        raise UserError(f"{folder}: image folders feed single-input models only")
+    spec = specs[0]
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if classes:
+        files = [(f, label) for label, name in enumerate(classes)
+                 for f in sorted((folder / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(f, -1) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    batch = np.stack([image_to_array(f, spec, preprocess) for f, _ in files])
+    labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
+    return Dataset({spec.name: _checked(batch, spec, folder)}, labels, f"{folder} ({len(files)} images)")
+
+
+def image_to_array(path: Path, spec: TensorSpec, preprocess: Preprocess) -> np.ndarray:
+    """One image file -> one model input sample, exactly as the manifest's preprocessing says."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels_first = preprocess.layout == "NCHW"
+    height, width = spec.shape[2:4] if channels_first else spec.shape[1:3]
+    channels = spec.shape[1] if channels_first else spec.shape[3]
+    color = preprocess.color or ("grayscale" if channels == 1 else "rgb")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if color == "grayscale" else "RGB")
+            size = preprocess.resize or [height, width]
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    pixels = (pixels * preprocess.scale - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+    return pixels.transpose(2, 0, 1) if channels_first else pixels
+
+
+def _random(specs: list[TensorSpec], count: int, rng: np.random.Generator, source: str) -> Dataset:
+    inputs = {s.name: rng.standard_normal((count, *s.shape[1:])).astype(s.dtype) for s in specs}
+    return Dataset(inputs, None, source)

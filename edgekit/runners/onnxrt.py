@@ -1,0 +1,44 @@
+"""ONNX Runtime, with execution providers in the target's order of preference."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..spec import TensorSpec, image_layout
+from .base import Runner
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+             "tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, path: Path, providers: list[str], threads: int = 1):
+        import onnxruntime as ort
+
+        installed = ort.get_available_providers()
+        chosen = [p for p in providers if p in installed] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.requested = list(providers)
+        self.threads = threads
+        self.version = ort.__version__
+        self.inputs = [_spec(v) for v in self.session.get_inputs()]
+        self.outputs = [_spec(v) for v in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(None, feeds)
+        return {spec.name: value for spec, value in zip(self.outputs, values)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "onnxruntime", "version": self.version, "provider": self.session.get_providers()[0],
+                "requested_providers": self.requested, "threads": self.threads}
+
+
+def _spec(value) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else 1 for d in value.shape)
+    return TensorSpec(value.name, shape, ORT_TYPES.get(value.type, value.type), image_layout(shape))

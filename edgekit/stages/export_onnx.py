@@ -1,0 +1,70 @@
+"""Stage: the source model -> one simplified, checked float32 ONNX graph (the hub of every later artifact)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+from ..errors import UserError
+from ..graph_stats import graph_stats
+from ..sources import SourceModel
+from . import Artifact
+
+
+def export_onnx(source: SourceModel, opset: int, workdir: Path) -> Artifact:
+    import onnx
+
+    model = _from_torch(source, opset, workdir) if source.kind == "torch" else onnx.load(str(source.onnx_path))
+    model = _simplify(model, source)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise UserError(f"the ONNX graph exported from {source.reference} fails the ONNX checker: "
+                        f"{str(err).splitlines()[0]}") from None
+    path = workdir / "model.fp32.onnx"
+    onnx.save(model, str(path))
+    return Artifact(path, "onnx", "fp32", {"made_by": f"onnxslim {_version('onnxslim')}", **graph_stats(model)})
+
+
+def _from_torch(source: SourceModel, opset: int, workdir: Path):
+    import onnx
+    import torch
+
+    args = tuple(torch.zeros(spec.shape) for spec in source.inputs)
+    # TorchScript cannot go through torch.export; it takes the TorchScript-based exporter.
+    legacy = isinstance(source.module, torch.jit.ScriptModule)
+    raw = workdir / "exported.onnx"
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(source.module, args, str(raw), dynamo=not legacy, opset_version=opset,
+                              input_names=[s.name for s in source.inputs],
+                              output_names=[s.name for s in source.outputs], external_data=False)
+    except Exception as err:
+        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UserError(f"PyTorch could not export {source.reference} to ONNX opset {opset}: {detail}. "
+                        f"Replace or register the unsupported operation, or export to ONNX yourself and "
+                        f"pass the .onnx file") from None
+    model = onnx.load(str(raw))
+    raw.unlink()
+    return model
+
+
+def _simplify(model, source: SourceModel):
+    import onnxslim
+
+    shapes = [f"{s.name}:{','.join(map(str, s.shape))}" for s in source.inputs]
+    try:
+        return onnxslim.slim(model, input_shapes=shapes)
+    except Exception as err:
+        raise UserError(f"simplifying the ONNX graph of {source.reference} failed: {str(err).splitlines()[0]}") from None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

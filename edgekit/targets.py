@@ -1,0 +1,113 @@
+"""Target profiles: everything that differs between devices, loaded from YAML and validated.
+
+A profile is `targets/<name>.yaml` (shipped inside the package as `edgekit/profiles/`) or any
+YAML file given by path. `extends: <name>` merges a profile over another one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from . import schema
+from .errors import UserError
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+Precision = Literal["fp32", "fp16", "int8"]
+QuantType = Literal["int8", "uint8"]
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    activation_type: QuantType = "int8"
+    weight_type: QuantType = "int8"
+    per_channel: bool = True
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    # Use 7-bit weights: avoids saturation in u8s8 kernels on x86 CPUs without VNNI.
+    reduce_range: bool = False
+    calibration: CalibrationMethod = "minmax"
+    percentile: float = 99.999
+    exclude_nodes: list[str] = field(default_factory=list)
+    exclude_op_types: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits one precision's artifacts must meet against the reference model (None: not checked)."""
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    min_cosine: float | None = None
+    min_snr_db: float | None = None
+    min_top1_agreement: float | None = None
+    max_accuracy_drop: float | None = None  # percentage points, when labels are known
+
+
+@dataclass(frozen=True)
+class Runtime:
+    # ONNX Runtime execution providers in preference order; the first one installed is used.
+    onnxruntime_providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    opset: int = 18
+    formats: list[Literal["onnx"]] = field(default_factory=lambda: ["onnx"])
+    quantize: Literal["int8", "fp16", "none"] = "int8"
+    quantization: Quantization = field(default_factory=Quantization)
+    runtime: Runtime = field(default_factory=Runtime)
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    extends: str | None = None
+    source: str = ""
+
+    def tolerance(self, precision: str) -> Tolerance:
+        if precision not in self.tolerances:
+            raise UserError(f"target '{self.name}' ({self.source}) has no tolerances for {precision}: "
+                            f"add 'tolerances: {{{precision}: ...}}' to the profile")
+        return self.tolerances[precision]
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str) -> Target:
+    """Load a built-in target by name, or a profile YAML file by path."""
+    data, source = _read(name_or_path, seen=())
+    if "name" not in data:
+        data["name"] = Path(source).stem
+    return schema.build(Target, {**data, "source": source}, where=source)
+
+
+def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown target '{name_or_path}': choose one of {', '.join(available())} "
+                            f"(`edgekit targets` lists them) or give the path of a profile .yaml")
+    elif not path.is_file():
+        raise UserError(f"target profile {path} does not exist")
+    source = str(path)
+    if source in seen:
+        raise UserError(f"{source}: 'extends' forms a loop ({' -> '.join(seen + (source,))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{source} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a target profile must be a mapping of keys to values")
+    parent = data.get("extends")
+    if parent is None:
+        return data, source
+    base_path = path.parent / f"{parent}.yaml"
+    base, _ = _read(str(base_path) if base_path.is_file() else str(parent), seen + (source,))
+    base.pop("name", None)
+    base.pop("description", None)
+    return schema.deep_merge(base, data), source
