@@ -88,7 +88,8 @@ def _load_onnx(path: Path, input_shape: list[int] | None) -> SourceModel:
         shape = _resolve_shape(value.name, dims, given, path)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
         inputs.append(TensorSpec(value.name, shape, dtype, image_layout(shape)))
-    outputs = [TensorSpec(v.name, (), onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
+    outputs = [TensorSpec(v.name, tuple(d.dim_value if d.dim_value > 0 else -1 for d in v.type.tensor_type.shape.dim),
+                          onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
                for v in model.graph.output]
     return SourceModel("onnx", str(path), _digest(path), inputs, outputs, onnx_path=path, files=[str(path)])
 

@@ -1,0 +1,47 @@
+"""`edgekit check`: re-run the parity gate on a finished build folder, from its manifest alone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import package
+from .parity import ParityResult
+from .sources import sha256_file
+from .targets import Runtime, Tolerance
+from .verify import verify
+
+
+def check(folder: Path) -> list[dict[str, Any]]:
+    """One record per artifact (file, bytes, parity); every check is recomputed, nothing is read back."""
+    manifest = package.read_manifest(folder)
+    runtime = Runtime(**manifest["target"]["profile"]["runtime"])
+    evidence_problem = _evidence_problem(folder, manifest)
+    if evidence_problem is None:
+        input_names = [spec["name"] for spec in manifest["source_model"]["inputs"]]
+        inputs, labels, reference = package.read_parity_data(folder, input_names)
+    records = []
+    for entry in manifest["artifacts"]:
+        path = folder / entry["file"]
+        if evidence_problem:
+            parity = ParityResult(error=evidence_problem)
+        elif not path.is_file():
+            parity = ParityResult(error="the file is missing")
+        elif sha256_file(path) != entry["sha256"]:
+            parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
+        else:
+            parity = verify(path, entry["format"], runtime, inputs, reference, Tolerance(**entry["tolerance"]),
+                            labels).parity
+        size = path.stat().st_size if path.is_file() else 0
+        records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
+                        "parity": {**parity.to_dict(), "failures": parity.failures()}})
+    return records
+
+
+def _evidence_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """The held-out inputs and reference outputs must be exactly the ones the build recorded."""
+    for key in ("inputs", "reference_outputs"):
+        record = manifest["evaluation"][key]
+        path = folder / record["file"]
+        if not path.is_file() or sha256_file(path) != record["sha256"]:
+            return f"parity data {record['file']} is missing or changed since the build"
+    return None

@@ -1,0 +1,160 @@
+"""The command line. Thin: parse, make a Recipe, call the API, print. Bad input exits 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"edgekit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgekit: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekit", description="Take a trained vision model to edge devices, "
+                                     "and prove the result is right.")
+    parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build", help="export, quantize, verify and package a model for targets")
+    build.add_argument("model", nargs="?", help="model.onnx, program.pt2, TorchScript file, or file.py:factory / "
+                       "package.module:factory (default: the bundled example)")
+    build.add_argument("--weights", help="state_dict checkpoint for a factory model")
+    build.add_argument("--target", action="append", help="target profile name or .yaml path; repeat or "
+                       "comma-separate for several (default: arm64)")
+    build.add_argument("--out", help="output folder (default: build); each target gets OUT/<target>")
+    build.add_argument("--recipe", help="edgekit.yaml recipe; flags override it")
+    build.add_argument("--input-shape", type=_shape, help="fixed input shape, e.g. 1,3,224,224")
+    build.add_argument("--quantize", choices=["int8", "fp16", "none"], help="extra precision beside fp32 "
+                       "(default: the target's)")
+    build.add_argument("--calib", help="calibration data: .npy, .npz or a folder of images")
+    build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
+    build.add_argument("--calib-samples", type=int, help="use at most this many calibration samples")
+    build.add_argument("--random-calib", action="store_true", default=None,
+                       help="calibrate on random inputs when you have no data (recorded in the manifest)")
+    build.add_argument("--eval", help="held-out data for parity and accuracy (.npz with x and y, or a folder "
+                       "of images per class); default: the last 20%% of --calib")
+    build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
+    build.add_argument("--keep-going", action="store_true", default=None,
+                       help="package artifacts even when they fail parity")
+    build.add_argument("--json", action="store_true", help="print the manifests as JSON on stdout")
+    build.add_argument("--quiet", action="store_true", help="no progress lines")
+    build.set_defaults(handler=_build)
+
+    check = commands.add_parser("check", help="re-run the parity gate on a build folder (exit 0 only if all pass)")
+    check.add_argument("folder", help="a folder written by `edgekit build`, e.g. build/arm64")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_check)
+
+    listing = commands.add_parser("targets", help="list the target profiles")
+    listing.set_defaults(handler=_targets)
+
+    inspect = commands.add_parser("inspect", help="inputs, outputs, parameters, MACs, operators of a model")
+    inspect.add_argument("model")
+    inspect.add_argument("--weights")
+    inspect.add_argument("--input-shape", type=_shape)
+    inspect.add_argument("--nodes", action="store_true", help="also list every ONNX node name")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape: write it like 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"'{text}' has a non-positive dimension")
+    return dims
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user gave, shaped like the recipe file."""
+    targets = [t.strip() for value in args.target or [] for t in value.split(",") if t.strip()]
+    given = {"model": args.model, "weights": args.weights, "targets": targets or None, "out": args.out,
+             "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
+             "keep_going": args.keep_going}
+    calibration = {"data": args.calib, "method": args.calib_method, "samples": args.calib_samples,
+                   "random": args.random_calib, "exclude_nodes": args.exclude_node}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    calibration = {k: v for k, v in calibration.items() if v is not None}
+    if calibration:
+        overrides["calibration"] = calibration
+    return overrides
+
+
+def _build(args: argparse.Namespace) -> int:
+    from . import recipe as recipes
+    from .pipeline import build
+    from .report import Progress, summary_table
+
+    recipe = recipes.make(args.recipe, _overrides(args))
+    if not args.quiet:
+        print(f"edgekit {__version__}: building {recipe.model} for {', '.join(recipe.targets)}", file=sys.stderr)
+    results = build(recipe, Progress(quiet=args.quiet))
+    for result in results:
+        manifest = result.manifest
+        accuracy = manifest["reference"].get("accuracy")
+        reference = f", reference accuracy {accuracy:.2f}%" if accuracy is not None else ""
+        where = result.folder if result.folder else "not packaged: parity failed (--keep-going packages anyway)"
+        print(f"\n{result.target} -> {where}{reference}", file=sys.stderr)
+        print(summary_table(manifest["artifacts"]), file=sys.stderr)
+        if result.archive:
+            print(f"archive: {result.archive}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.manifest for r in results], indent=2, default=str))
+    failed = [r for r in results if not r.passed]
+    if failed and not recipe.keep_going:
+        return 1
+    if failed:
+        print("warning: packaged although parity failed (--keep-going); `edgekit check` will fail", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check
+    from .report import summary_table
+
+    records = check(Path(args.folder))
+    passed = all(r["parity"]["passed"] for r in records)
+    if args.json:
+        print(json.dumps({"passed": passed, "artifacts": records}, indent=2, default=str))
+    else:
+        print(summary_table(records))
+        print(f"\n{args.folder}: {'PASS' if passed else 'FAIL'} ({len(records)} artifacts)")
+    return 0 if passed else 1
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from . import targets
+
+    for name in targets.available():
+        profile = targets.load(name)
+        print(f"{name:<10} {profile.description}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspection import format_inspection, inspect_model
+
+    info = inspect_model(args.model, args.weights, args.input_shape)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_inspection(info, args.nodes))
+    return 0

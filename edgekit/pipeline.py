@@ -1,0 +1,146 @@
+"""`edgekit build`: load, export, quantize, verify and package, one folder per target."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, package, sources, targets
+from .data import BuildData, load_build_data
+from .errors import UserError
+from .recipe import Recipe
+from .report import Progress
+from .runners import run_dataset
+from .stages import Artifact
+from .stages.export_onnx import export_onnx
+from .stages.quantize import convert_fp16, quantize_int8
+from .targets import Target
+from .verify import verify
+
+
+@dataclass
+class TargetResult:
+    target: str
+    manifest: dict[str, Any]
+    folder: Path | None  # None when the build failed parity and was not packaged
+    archive: Path | None
+
+    @property
+    def passed(self) -> bool:
+        return all(a["parity"]["passed"] for a in self.manifest["artifacts"])
+
+
+class ParityFailed(Exception):
+    """Raised inside the staging folder so that a failing target is not published."""
+
+    def __init__(self, manifest: dict[str, Any]):
+        super().__init__("parity failed")
+        self.manifest = manifest
+
+
+def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
+    profiles = [targets.load(name) for name in recipe.targets]
+    out = Path(recipe.out)
+    package.ensure_writable(out)
+    with progress.step("load model"):
+        source = sources.load(recipe.model, recipe.weights, recipe.input_shape)
+    with progress.step("load calibration and held-out data"):
+        data = load_build_data(recipe, source.inputs)
+    with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
+        reference, reference_engine = _reference_outputs(source, data)
+    results = []
+    for target in profiles:
+        print_target = f"[{target.name}]"
+        try:
+            with package.staging(out / target.name) as folder:
+                manifest = _build_target(recipe, target, source, data, reference, reference_engine, folder,
+                                         Progress(progress.quiet), print_target)
+                if not all(a["parity"]["passed"] for a in manifest["artifacts"]) and not recipe.keep_going:
+                    raise ParityFailed(manifest)
+            archive = package.archive(out / target.name)
+            results.append(TargetResult(target.name, manifest, out / target.name, archive))
+        except ParityFailed as failure:
+            results.append(TargetResult(target.name, failure.manifest, None, None))
+    return results
+
+
+def _reference_outputs(source, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if source.kind == "torch":
+        from .runners.torch_runner import TorchRunner
+
+        runner = TorchRunner(source.module, source.inputs, source.outputs)
+    else:
+        from .runners.onnxrt import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(source.onnx_path, ["CPUExecutionProvider"])
+    outputs = run_dataset(runner, data.evaluation.inputs)
+    for name, value in outputs.items():
+        if not np.isfinite(value).all():
+            raise UserError(f"the source model itself outputs NaN/Inf for '{name}' on the held-out data "
+                            f"({data.evaluation.source}): fix the model or the data's preprocessing")
+    return outputs, runner.describe()
+
+
+def _build_target(recipe: Recipe, target: Target, source, data: BuildData, reference: dict[str, np.ndarray],
+                  reference_engine: dict[str, Any], folder: Path, progress: Progress,
+                  label: str) -> dict[str, Any]:
+    quantize = recipe.quantize or target.quantize
+    with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
+        artifacts = [export_onnx(source, target.opset, folder)]
+    if quantize == "int8":
+        scheme = target.quantization
+        if recipe.calibration.method:
+            scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
+        with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, "
+                           f"{len(data.calibration)} samples)"):
+            artifacts.append(quantize_int8(artifacts[0], scheme, data.calibration,
+                                           recipe.calibration.exclude_nodes, folder))
+    elif quantize == "fp16":
+        with progress.step(f"{label} convert to float16"):
+            artifacts.append(convert_fp16(artifacts[0], folder))
+    evaluation = data.evaluation
+    records = []
+    for artifact in artifacts:
+        with progress.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
+            records.append(_artifact_record(folder, artifact, target, evaluation, reference))
+    package.write_parity_data(folder, evaluation.inputs, evaluation.labels, reference)
+    manifest = {
+        "schema": package.MANIFEST_SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "description": target.description, "profile": dataclasses.asdict(target)},
+        "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
+                         "files": source.files, "inputs": [s.to_dict() for s in source.inputs],
+                         "outputs": [s.to_dict() for s in source.outputs]},
+        "preprocessing": dataclasses.asdict(recipe.preprocess),
+        "labels": recipe.labels,
+        "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
+                        "random": recipe.calibration.random and recipe.calibration.data is None},
+        "evaluation": {"source": evaluation.source, "samples": len(evaluation),
+                       "labeled": evaluation.labels is not None,
+                       "inputs": package.file_record(folder, package.PARITY_INPUTS),
+                       "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
+        "reference": {**reference_engine, "accuracy": records[0]["parity"]["reference_accuracy"]},
+        "artifacts": records,
+        "recipe": recipe.to_dict(),
+        "versions": {**package.versions(), "edgekit": __version__},
+    }
+    package.write_json(folder / package.MANIFEST, manifest)
+    package.write_json(folder / "report.json", {"target": target.name, "timings_s": progress.timings,
+                                                "artifacts": records})
+    return manifest
+
+
+def _artifact_record(folder: Path, artifact: Artifact, target: Target, evaluation, reference) -> dict[str, Any]:
+    tolerance = target.tolerance(artifact.precision)
+    checked = verify(artifact.path, artifact.format, target.runtime, evaluation.inputs, reference, tolerance,
+                     evaluation.labels)
+    return {**package.file_record(folder, artifact.path.name), "format": artifact.format,
+            "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
+            "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
+            "tolerance": dataclasses.asdict(tolerance),
+            "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures()},
+            "details": artifact.metadata}

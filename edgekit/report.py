@@ -1,0 +1,65 @@
+"""What a person reads: progress on the long steps and the summary table of a build or check."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class Progress:
+    """Prints each step as it starts and ends (on stderr) and keeps the timings for report.json."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        self._print(f"  {label} ...")
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings[label] = round(seconds, 3)
+        self._print(f"  {label} done in {seconds:.1f} s")
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def summary_table(artifacts: list[dict[str, Any]]) -> str:
+    """One row per artifact: size, verdict and the numbers that decided it."""
+    header = ["artifact", "size", "parity", "max abs err", "cosine", "SNR dB", "top-1 agree", "accuracy"]
+    rows = [header]
+    for record in artifacts:
+        parity = record["parity"]
+        first = next(iter(parity["outputs"].values()), {})
+        rows.append([
+            record["file"], _size(record["bytes"]),
+            "pass" if parity["passed"] else "FAIL",
+            _number(first.get("max_abs_error"), "{:.2e}"), _number(first.get("cosine"), "{:.6f}"),
+            _number(first.get("snr_db"), "{:.1f}"),
+            _number(first.get("top1_agreement"), "{:.1%}"),
+            _number(parity.get("accuracy"), "{:.2f}%"),
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    failures = [f"  {r['file']}: {problem}" for r in artifacts for problem in r["parity"].get("failures", [])]
+    return "\n".join(lines + failures)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def _number(value: Any, pattern: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):  # "inf" from JSON
+        return value
+    return pattern.format(value)

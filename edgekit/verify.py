@@ -1,0 +1,36 @@
+"""Run one artifact on the held-out inputs and judge it against the reference outputs.
+
+Used by `edgekit build` right after an artifact is made and by `edgekit check` on a finished folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .parity import ParityResult, compare
+from .runners import open_runner, run_dataset
+from .spec import TensorSpec
+from .targets import Runtime, Tolerance
+
+
+@dataclass
+class Verification:
+    parity: ParityResult
+    runtime: dict[str, Any] = field(default_factory=dict)  # what actually ran it
+    inputs: list[TensorSpec] = field(default_factory=list)  # the artifact's I/O as its runtime sees it
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+
+def verify(path: Path, artifact_format: str, runtime: Runtime, inputs: dict[str, np.ndarray],
+           reference: dict[str, np.ndarray], tolerance: Tolerance, labels: np.ndarray | None) -> Verification:
+    try:
+        runner = open_runner(path, artifact_format, runtime)
+        outputs = run_dataset(runner, inputs)
+    except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
+        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
+    return Verification(compare(reference, outputs, tolerance, labels), runner.describe(), runner.inputs,
+                        runner.outputs)
