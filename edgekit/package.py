@@ -28,13 +28,24 @@ PARITY_REFERENCE = "parity/reference.npz"
 MANIFEST_SCHEMA = 1
 
 
-def ensure_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
+    """Fail before any work if `out` cannot be created or written; creates nothing itself."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write to output folder {out}: {existing} is a file, not a folder: "
+                        f"choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out} is not writable ({existing} does not allow writing): "
+                        f"choose another --out or fix its permissions")
+
+
+def create_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output folder {out}: {err.strerror}: choose another --out") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out} is not writable: choose another --out or fix its permissions")
 
 
 @contextlib.contextmanager

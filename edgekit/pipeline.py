@@ -45,7 +45,7 @@ class ParityFailed(Exception):
 def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
     profiles = [targets.load(name) for name in recipe.targets]
     out = Path(recipe.out)
-    package.ensure_writable(out)
+    package.check_writable(out)
     with progress.step("load model"):
         source = sources.load(recipe.model, recipe.weights, recipe.input_shape)
     with progress.step("load calibration and held-out data"):
@@ -53,6 +53,7 @@ def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
         reference, reference_engine = _reference_outputs(source, data)
     results = []
+    package.create_folder(out)
     for target in profiles:
         print_target = f"[{target.name}]"
         try:
