@@ -1,0 +1,104 @@
+"""Build options: calibration methods, float nodes, random calibration, keep-going, atomic output, inspect."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from conftest import TESTS, read_manifest, run_cli
+from edgekit import example
+from edgekit import pipeline as pipeline_module
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods_keep_int8_accuracy(tmp_path, method):
+    out = tmp_path / "out"
+    assert run_cli("build", "--calib-method", method, "--out", out, "--quiet") == 0
+    int8 = read_manifest(out / "arm64")["artifacts"][1]
+    assert int8["details"]["scheme"]["calibration"] == method
+    assert int8["parity"]["reference_accuracy"] - int8["parity"]["accuracy"] <= 1.0
+
+
+def test_excluded_node_stays_float(tmp_path, example_build):
+    fp32 = onnx.load(str(example_build / "arm64" / "model.fp32.onnx"))
+    first_conv = next(n.name for n in fp32.graph.node if n.op_type == "Conv")
+    out = tmp_path / "out"
+    assert run_cli("build", "--exclude-node", first_conv, "--out", out, "--quiet") == 0
+    graph = onnx.load(str(out / "arm64" / "model.int8.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    conv = next(n for n in graph.node if n.name == first_conv)
+    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in conv.input)
+    others = [n for n in graph.node if n.op_type == "Conv" and n.name != first_conv]
+    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in others)
+    assert read_manifest(out / "arm64")["artifacts"][1]["details"]["float_nodes"] == [first_conv]
+
+
+def test_random_calibration_only_when_asked_and_recorded(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("build", f"{TESTS / 'models.py'}:tiny_resnet", "--input-shape", "1,3,32,32",
+                   "--random-calib", "--quantize", "int8", "--out", out, "--quiet") == 0
+    manifest = read_manifest(out / "arm64")
+    assert manifest["calibration"]["random"] is True
+    assert "random" in manifest["calibration"]["source"] and "random" in manifest["evaluation"]["source"]
+    assert manifest["artifacts"][0]["parity"]["accuracy"] is None  # no labels: no accuracy claimed
+
+
+def test_quantize_none_and_fp16(tmp_path):
+    assert run_cli("build", "--quantize", "none", "--out", tmp_path / "a", "--quiet") == 0
+    assert [a["precision"] for a in read_manifest(tmp_path / "a" / "arm64")["artifacts"]] == ["fp32"]
+    assert run_cli("build", "--quantize", "fp16", "--out", tmp_path / "b", "--quiet") == 0
+    fp16 = read_manifest(tmp_path / "b" / "arm64")["artifacts"][1]
+    assert fp16["precision"] == "fp16" and fp16["parity"]["passed"]
+    assert fp16["inputs"][0]["dtype"] == "float32"  # float32 I/O kept for the app
+    assert fp16["parity"]["outputs"]["output"]["top1_agreement"] == 1.0
+
+
+def strict_target(tmp_path):
+    path = tmp_path / "strict.yaml"
+    path.write_text("extends: arm64\ndescription: arm64 with an INT8 limit no quantizer meets\n"
+                    "tolerances: {int8: {min_cosine: 0.9999999}}\n")
+    return path
+
+
+def test_failed_parity_fails_the_build_and_publishes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("build", "--target", strict_target(tmp_path), "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "not packaged" in err and "FAIL" in err and "cosine (output)" in err
+    assert list(out.iterdir()) == []
+
+
+def test_keep_going_packages_a_failing_build_that_check_then_rejects(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("build", "--target", strict_target(tmp_path), "--out", out, "--keep-going", "--quiet") == 0
+    manifest = read_manifest(out / "strict")
+    assert [a["parity"]["passed"] for a in manifest["artifacts"]] == [True, False]
+    assert run_cli("check", out / "strict") == 1
+
+
+def test_interrupted_build_leaves_the_previous_output_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert run_cli("build", "--quantize", "none", "--out", out, "--quiet") == 0
+    before = (out / "arm64" / "manifest.json").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "quantize_int8", interrupted)
+    assert run_cli("build", "--out", out, "--quiet") == 130
+    assert sorted(p.name for p in out.iterdir()) == ["arm64", "arm64.tar.gz"]  # no staging folder left
+    assert (out / "arm64" / "manifest.json").read_bytes() == before
+
+
+def test_inspect_reports_io_parameters_macs_and_operators(capsys, example_build):
+    assert run_cli("inspect", example.FACTORY, "--weights", example.WEIGHTS, "--input-shape", "1,1,32,32",
+                   "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 86_634  # PyTorch's own count, BatchNorm included
+    assert info["macs"] == 6_092_032
+    assert info["inputs"][0]["shape"] == [1, 1, 32, 32] and info["outputs"][0]["shape"] == [1, 10]
+    assert info["operators"]["Conv"] == 22
+    assert run_cli("inspect", example_build / "arm64" / "model.int8.onnx", "--nodes") == 0
+    text = capsys.readouterr().out
+    assert "MACs        6,092,032" in text and "QuantizeLinear" in text and "(Conv)" in text
