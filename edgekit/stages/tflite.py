@@ -1,0 +1,204 @@
+"""Stage: float32 ONNX -> TFLite (float32, float16, dynamic-range INT8, full-integer INT8) via onnx2tf.
+
+onnx2tf rebuilds the graph in TensorFlow (channel-last) and runs the TFLite converter; its full-integer
+model is calibrated with our own calibration data (`custom_input_op_name_np_data_path`, i.e. `-cind`).
+Everything it writes, including its scratch files, stays in a folder inside `workdir` that is removed
+afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..data import Dataset
+from ..errors import UserError
+from ..runners.litert import LiteRTRunner, inverse
+from . import Artifact
+
+# precision -> (onnx2tf's file suffix, Artifact.precision)
+OUTPUTS = {"fp32": ("float32", "fp32"), "fp16": ("float16", "fp16"),
+           "dynamic_int8": ("dynamic_range_quant", "int8"), "int8": ("full_integer_quant", "int8")}
+IO_TYPES = ("int8", "uint8", "float32")
+# onnx2tf downloads this file for models whose inputs are all 4-D with 3 channels unless it is in the
+# working directory; it only feeds onnx2tf's internal shape checks, so our own data does as well.
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+SAMPLE_SHAPE = (20, 128, 128, 3)
+
+
+def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, io_type: str,
+                   workdir: Path) -> list[Artifact]:
+    """`precisions`: any of fp32, fp16, dynamic_int8, int8; `io_type`: the full-integer model's I/O type."""
+    import onnx
+    import onnx2tf
+
+    from ..runners.onnxrt import OnnxRuntimeRunner
+
+    unknown = [p for p in precisions if p not in OUTPUTS]
+    if unknown or io_type not in IO_TYPES:
+        raise UserError(f"TFLite precisions must be among {', '.join(OUTPUTS)} (got {', '.join(precisions)}) "
+                        f"and the integer I/O type one of {', '.join(IO_TYPES)} (got {io_type})")
+    model = onnx.load(str(fp32.path))
+    _check_operators(model)
+    reference = OnnxRuntimeRunner(fp32.path, ["CPUExecutionProvider"])
+    scratch = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=workdir)).resolve()
+    try:
+        source = scratch / "model.onnx"
+        shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
+        log = scratch / "onnx2tf.log"
+        calib = _calibration_files(model, calibration, scratch)
+        with _quiet(log), _inside(scratch):
+            try:
+                onnx2tf.convert(
+                    input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
+                    not_use_onnxsim=True,  # edgekit's ONNX is simplified already; onnxsim is not installed
+                    output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
+                    output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
+                    custom_input_op_name_np_data_path=calib, input_quant_dtype=io_type,
+                    output_quant_dtype=io_type, non_verbose=True)
+            except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
+                raise _conversion_error(err, log) from None
+        made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
+        artifacts = []
+        for precision in precisions:
+            suffix, kind = OUTPUTS[precision]
+            produced = scratch / "out" / f"model_{suffix}.tflite"
+            if not produced.is_file():
+                raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
+            path = workdir / f"model.{precision}.tflite"
+            shutil.move(produced, path)
+            runner = LiteRTRunner(path, 1, reference.inputs, reference.outputs)
+            artifacts.append(Artifact(path, "tflite", kind, {
+                "made_by": made_by, "scheme": _scheme(precision, io_type, calibration),
+                "inputs": _io(runner.inputs, reference.inputs, runner.input_transposes, "input"),
+                "outputs": _io(runner.outputs, reference.outputs, runner.output_transposes, "output")}))
+        return artifacts
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_operators(model) -> None:
+    """Fail before converting when onnx2tf has no lowering for an operator (it has one module per op)."""
+    for node in model.graph.node:
+        if importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
+            raise UserError(f"onnx2tf cannot lower operator {node.op_type} (node '{node.name}') to TFLite: "
+                            f"replace it in the model or build ONNX targets only")
+
+
+def _calibration_files(model, calibration: Dataset, scratch: Path) -> list[list]:
+    """One channel-last .npy per input for `-cind`, and onnx2tf's sample-image file made from our data."""
+    params = []
+    for name, array in calibration.inputs.items():
+        if array.ndim >= 4:
+            array = np.transpose(array, [0, *range(2, array.ndim), 1])
+        path = scratch / f"calib_{len(params)}.npy"
+        np.save(path, np.ascontiguousarray(array, dtype=np.float32))
+        # (x - mean) / std is applied to the calibration data: ours is preprocessed already.
+        params.append([_tf_name(name), str(path), np.float32(0.0), np.float32(1.0)])
+    images = [a for a in calibration.inputs.values() if a.ndim == 4 and a.shape[1] == 3]
+    if images:
+        np.save(scratch / SAMPLE_FILE, _sample_images(images[0]))
+    return params
+
+
+def _sample_images(nchw: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour resize to 128x128 and repeat to 20 samples: shape checks need no more."""
+    rows = np.arange(SAMPLE_SHAPE[1]) * nchw.shape[2] // SAMPLE_SHAPE[1]
+    cols = np.arange(SAMPLE_SHAPE[2]) * nchw.shape[3] // SAMPLE_SHAPE[2]
+    resized = nchw[:, :, rows][:, :, :, cols].transpose(0, 2, 3, 1)
+    return np.resize(resized, SAMPLE_SHAPE).astype(np.float32)
+
+
+def _tf_name(onnx_name: str) -> str:
+    """The name onnx2tf gives an input in TensorFlow when it quantizes."""
+    return re.sub("^/", "wa/", onnx_name.replace(":", "__"))
+
+
+def _scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any]:
+    if precision == "int8":
+        return {"mode": "full_integer", "weights": "int8 per-channel", "activations": "int8",
+                "io_type": io_type, "calibration_samples": len(calibration)}
+    if precision == "dynamic_int8":
+        return {"mode": "dynamic_range", "weights": "int8 per-channel", "activations": "float32 (int8 at run time)",
+                "io_type": "float32"}
+    return {"mode": "float", "weights": "float16" if precision == "fp16" else "float32", "io_type": "float32"}
+
+
+def _io(specs, reference, perms, kind: str) -> list[dict[str, Any]]:
+    """What an app must do per tensor: the transpose (and, for integer I/O, the quantization) to apply."""
+    records = []
+    for spec, ref, perm in zip(specs, reference, perms):
+        record = {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype,
+                  "layout": spec.layout, "reference_shape": list(ref.shape), "reference_layout": ref.layout}
+        if perm:
+            record["transpose"] = perm if kind == "input" else inverse(perm)
+            record["transpose_note"] = (f"{ref.layout or 'reference'}->{spec.layout}: np.transpose(x, {perm}) before "
+                                        f"feeding" if kind == "input" else
+                                        f"{spec.layout}->{ref.layout or 'reference'}: np.transpose(y, "
+                                        f"{inverse(perm)}) after reading")
+        if spec.quantization:
+            record["quantization"] = spec.quantization
+            record["quantization_note"] = ("q = clip(round(x / scale) + zero_point)" if kind == "input"
+                                           else "x = (q - zero_point) * scale")
+        records.append(record)
+    return records
+
+
+def _conversion_error(err: BaseException, log: Path) -> UserError:
+    node = getattr(err, "onnx_op_name", None)
+    where = f" at node '{node}'" if node else ""
+    detail = str(err).strip() or type(err).__name__
+    return UserError(f"onnx2tf could not convert the model to TFLite{where}: {detail.splitlines()[0]} "
+                     f"(last log line: {_tail(log)})")
+
+
+def _tail(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+@contextlib.contextmanager
+def _quiet(log: Path) -> Iterator[None]:
+    """Send stdout and stderr, Python's and TensorFlow's native ones, to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Run with `folder` as working directory and temporary directory, so nothing lands elsewhere."""
+    cwd, tmp_env, tmp_cached = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir
+    os.chdir(folder)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        tempfile.tempdir = tmp_cached
+        if tmp_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = tmp_env
