@@ -66,10 +66,10 @@ def load_build_data(recipe: Recipe, specs: list[TensorSpec]) -> BuildData:
     return BuildData(calibration, evaluation)
 
 
-def load(path_text: str, specs: list[TensorSpec], preprocess: Preprocess) -> Dataset:
+def load(path_text: str, specs: list[TensorSpec], preprocess: Preprocess | None) -> Dataset:
     path = Path(path_text)
     if path.is_dir():
-        return _load_images(path, specs, preprocess)
+        return _load_images(path, specs, preprocess or Preprocess())
     if not path.is_file():
         raise UserError(f"data {path} does not exist")
     if path.suffix == ".npy":

@@ -15,11 +15,22 @@ from .errors import UserError
 from .recipe import Recipe
 from .report import Progress
 from .runners import run_dataset
+from .sources import SourceModel
 from .stages import Artifact
 from .stages.export_onnx import export_onnx
 from .stages.quantize import convert_fp16, quantize_int8
 from .targets import Target
 from .verify import verify
+
+
+@dataclass
+class BuildInputs:
+    """What every target's build shares: the model, its data and the reference outputs."""
+    recipe: Recipe
+    source: SourceModel
+    data: BuildData
+    reference: dict[str, np.ndarray]  # the source model's outputs on the held-out inputs
+    reference_engine: dict[str, Any]
 
 
 @dataclass
@@ -31,7 +42,7 @@ class TargetResult:
 
     @property
     def passed(self) -> bool:
-        return all(a["parity"]["passed"] for a in self.manifest["artifacts"])
+        return all_passed(self.manifest)
 
 
 class ParityFailed(Exception):
@@ -40,6 +51,10 @@ class ParityFailed(Exception):
     def __init__(self, manifest: dict[str, Any]):
         super().__init__("parity failed")
         self.manifest = manifest
+
+
+def all_passed(manifest: dict[str, Any]) -> bool:
+    return all(a["parity"]["passed"] for a in manifest["artifacts"])
 
 
 def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
@@ -51,25 +66,23 @@ def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
     with progress.step("load calibration and held-out data"):
         data = load_build_data(recipe, source.inputs)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
-        reference, reference_engine = _reference_outputs(source, data)
-    results = []
+        reference, engine = _reference_outputs(source, data)
+    shared = BuildInputs(recipe, source, data, reference, engine)
     package.create_folder(out)
+    results = []
     for target in profiles:
-        print_target = f"[{target.name}]"
         try:
             with package.staging(out / target.name) as folder:
-                manifest = _build_target(recipe, target, source, data, reference, reference_engine, folder,
-                                         Progress(progress.quiet), print_target)
-                if not all(a["parity"]["passed"] for a in manifest["artifacts"]) and not recipe.keep_going:
+                manifest = _build_target(shared, target, folder, progress)
+                if not all_passed(manifest) and not recipe.keep_going:
                     raise ParityFailed(manifest)
-            archive = package.archive(out / target.name)
-            results.append(TargetResult(target.name, manifest, out / target.name, archive))
+            results.append(TargetResult(target.name, manifest, out / target.name, package.archive(out / target.name)))
         except ParityFailed as failure:
             results.append(TargetResult(target.name, failure.manifest, None, None))
     return results
 
 
-def _reference_outputs(source, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if source.kind == "torch":
         from .runners.torch_runner import TorchRunner
 
@@ -86,62 +99,74 @@ def _reference_outputs(source, data: BuildData) -> tuple[dict[str, np.ndarray], 
     return outputs, runner.describe()
 
 
-def _build_target(recipe: Recipe, target: Target, source, data: BuildData, reference: dict[str, np.ndarray],
-                  reference_engine: dict[str, Any], folder: Path, progress: Progress,
-                  label: str) -> dict[str, Any]:
+def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
+                    label: str) -> list[Artifact]:
+    recipe, calibration = shared.recipe, shared.data.calibration
     quantize = recipe.quantize or target.quantize
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
-        artifacts = [export_onnx(source, target.opset, folder)]
+        artifacts = [export_onnx(shared.source, target.opset, folder)]
     if quantize == "int8":
         scheme = target.quantization
         if recipe.calibration.method:
             scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
-        with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, "
-                           f"{len(data.calibration)} samples)"):
-            artifacts.append(quantize_int8(artifacts[0], scheme, data.calibration,
-                                           recipe.calibration.exclude_nodes, folder))
+        with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)"):
+            artifacts.append(quantize_int8(artifacts[0], scheme, calibration, recipe.calibration.exclude_nodes,
+                                           folder))
     elif quantize == "fp16":
         with progress.step(f"{label} convert to float16"):
             artifacts.append(convert_fp16(artifacts[0], folder))
-    evaluation = data.evaluation
+    return artifacts
+
+
+def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> dict[str, Any]:
+    label = f"[{target.name}]"
+    timings = Progress(progress.quiet)
+    artifacts = _make_artifacts(shared, target, folder, timings, label)
+    evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
-        with progress.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
-            records.append(_artifact_record(folder, artifact, target, evaluation, reference))
-    package.write_parity_data(folder, evaluation.inputs, evaluation.labels, reference)
-    manifest = {
-        "schema": package.MANIFEST_SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "description": target.description, "profile": dataclasses.asdict(target)},
-        "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
-                         "files": source.files, "inputs": [s.to_dict() for s in source.inputs],
-                         "outputs": [s.to_dict() for s in source.outputs]},
-        "preprocessing": dataclasses.asdict(recipe.preprocess),
-        "labels": recipe.labels,
-        "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
-                        "random": recipe.calibration.random and recipe.calibration.data is None},
-        "evaluation": {"source": evaluation.source, "samples": len(evaluation),
-                       "labeled": evaluation.labels is not None,
-                       "inputs": package.file_record(folder, package.PARITY_INPUTS),
-                       "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
-        "reference": {**reference_engine, "accuracy": records[0]["parity"]["reference_accuracy"]},
-        "artifacts": records,
-        "recipe": recipe.to_dict(),
-        "versions": {**package.versions(), "edgekit": __version__},
-    }
+        with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
+            records.append(_artifact_record(folder, artifact, target, shared))
+    package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
+    manifest = _manifest(shared, target, folder, records)
     package.write_json(folder / package.MANIFEST, manifest)
-    package.write_json(folder / "report.json", {"target": target.name, "timings_s": progress.timings,
+    package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
                                                 "artifacts": records})
     return manifest
 
 
-def _artifact_record(folder: Path, artifact: Artifact, target: Target, evaluation, reference) -> dict[str, Any]:
+def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs) -> dict[str, Any]:
     tolerance = target.tolerance(artifact.precision)
-    checked = verify(artifact.path, artifact.format, target.runtime, evaluation.inputs, reference, tolerance,
-                     evaluation.labels)
+    evaluation = shared.data.evaluation
+    checked = verify(artifact.path, artifact.format, target.runtime, evaluation.inputs, shared.reference,
+                     tolerance, evaluation.labels)
     return {**package.file_record(folder, artifact.path.name), "format": artifact.format,
             "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
             "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
             "tolerance": dataclasses.asdict(tolerance),
             "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures()},
             "details": artifact.metadata}
+
+
+def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    recipe, source, data = shared.recipe, shared.source, shared.data
+    return {
+        "schema": package.MANIFEST_SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "description": target.description, "profile": dataclasses.asdict(target)},
+        "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
+                         "files": source.files, "inputs": [s.to_dict() for s in source.inputs],
+                         "outputs": [s.to_dict() for s in source.outputs]},
+        "preprocessing": dataclasses.asdict(recipe.preprocess) if recipe.preprocess else None,
+        "labels": recipe.labels,
+        "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
+                        "random": recipe.calibration.random and recipe.calibration.data is None},
+        "evaluation": {"source": data.evaluation.source, "samples": len(data.evaluation),
+                       "labeled": data.evaluation.labels is not None,
+                       "inputs": package.file_record(folder, package.PARITY_INPUTS),
+                       "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
+        "reference": {**shared.reference_engine, "accuracy": records[0]["parity"]["reference_accuracy"]},
+        "artifacts": records,
+        "recipe": recipe.to_dict(),
+        "versions": {**package.versions(), "edgekit": __version__},
+    }

@@ -49,13 +49,9 @@ class Recipe:
     quantize: QuantizeChoice | None = None  # default: the target's
     calibration: Calibration = field(default_factory=Calibration)
     eval: str | None = None  # held-out inputs (optionally labeled) for parity and accuracy
-    preprocess: Preprocess = field(default_factory=Preprocess)
+    preprocess: Preprocess | None = None  # None: not declared (image folders then use the defaults)
     labels: list[str] | None = None
     keep_going: bool = False  # package even when an artifact fails parity
-
-    @property
-    def is_example(self) -> bool:
-        return self.model == example.FACTORY
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

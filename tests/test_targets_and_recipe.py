@@ -6,6 +6,7 @@ from importlib.resources import files
 import pytest
 
 from conftest import run_cli
+from edgekit import example
 from edgekit import recipe as recipes
 from edgekit import targets
 from edgekit.errors import UserError
@@ -84,4 +85,4 @@ def test_module_references_are_not_paths(tmp_path):
 
 def test_no_model_means_the_bundled_example():
     made = recipes.make(None, {})
-    assert made.is_example and made.input_shape == [1, 1, 32, 32] and made.eval.endswith("test.npz")
+    assert made.model == example.FACTORY and made.input_shape == [1, 1, 32, 32] and made.eval.endswith("test.npz")

@@ -6,19 +6,23 @@ point, then dequantize and transpose each output back to the reference layout.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..spec import TensorSpec
 from .base import Runner
 
-# (module, distribution) in order of preference; all three expose the same Interpreter class.
-INTERPRETERS = [("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime"),
-                ("tensorflow.lite", "tensorflow")]
+# (module, attribute path, distribution) in order of preference: the same Interpreter class in all three.
+INTERPRETERS = [("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
+                ("tflite_runtime.interpreter", "Interpreter", "tflite-runtime"),
+                ("tensorflow", "lite.Interpreter", "tensorflow")]
 
 
 class LiteRTRunner(Runner):
@@ -28,8 +32,9 @@ class LiteRTRunner(Runner):
         them, names and layouts are the .tflite file's own and no transpose is applied."""
         interpreter_class, self.package, self.version = _interpreter_class()
         # The default op resolver applies the XNNPACK delegate, as LiteRT does on devices.
-        self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with silenced():  # the delegate announces itself on the native stderr
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.threads = threads
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
@@ -97,6 +102,27 @@ def layout_name(rank: int, channel_last: bool) -> str | None:
     return f"N{spatial}C" if channel_last else f"NC{spatial}"
 
 
+@contextlib.contextmanager
+def silenced(log: Path | None = None) -> Iterator[None]:
+    """Send stdout and stderr, Python's and native code's (TensorFlow, LiteRT), to `log` or nowhere."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log or os.devnull, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def _transposes(details: list[dict], reference: list[TensorSpec] | None, kind: str) -> list[list[int] | None]:
     """Per tensor, the perm from the reference layout to the TFLite one (None: same layout).
 
@@ -136,14 +162,17 @@ def _specs(details: list[dict], reference: list[TensorSpec] | None,
 
 
 def _interpreter_class():
-    for module_name, distribution in INTERPRETERS:
+    for module_name, attribute, distribution in INTERPRETERS:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
+        interpreter = module
+        for part in attribute.split("."):
+            interpreter = getattr(interpreter, part)
         try:
             version = metadata.version(distribution)
         except metadata.PackageNotFoundError:
             version = getattr(module, "__version__", "unknown")
-        return module.Interpreter, distribution, version
+        return interpreter, distribution, version
     raise ImportError("running .tflite files needs a LiteRT interpreter: pip install ai-edge-litert")

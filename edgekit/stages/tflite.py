@@ -12,8 +12,8 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import UserError
-from ..runners.litert import LiteRTRunner, inverse
+from ..runners.litert import LiteRTRunner, inverse, silenced
 from . import Artifact
 
 # precision -> (onnx2tf's file suffix, Artifact.precision)
@@ -39,83 +39,98 @@ def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, 
                    workdir: Path) -> list[Artifact]:
     """`precisions`: any of fp32, fp16, dynamic_int8, int8; `io_type`: the full-integer model's I/O type."""
     import onnx
-    import onnx2tf
-
-    from ..runners.onnxrt import OnnxRuntimeRunner
 
     unknown = [p for p in precisions if p not in OUTPUTS]
     if unknown or io_type not in IO_TYPES:
         raise UserError(f"TFLite precisions must be among {', '.join(OUTPUTS)} (got {', '.join(precisions)}) "
                         f"and the integer I/O type one of {', '.join(IO_TYPES)} (got {io_type})")
-    model = onnx.load(str(fp32.path))
-    _check_operators(model)
-    reference = OnnxRuntimeRunner(fp32.path, ["CPUExecutionProvider"])
+    _check_operators(onnx.load(str(fp32.path)))
     scratch = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=workdir)).resolve()
+    log = scratch / "onnx2tf.log"
     try:
-        source = scratch / "model.onnx"
-        shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
-        log = scratch / "onnx2tf.log"
-        calib = _calibration_files(model, calibration, scratch)
-        with _quiet(log), _inside(scratch):
-            try:
-                onnx2tf.convert(
-                    input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
-                    not_use_onnxsim=True,  # edgekit's ONNX is simplified already; onnxsim is not installed
-                    output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
-                    output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
-                    custom_input_op_name_np_data_path=calib, input_quant_dtype=io_type,
-                    output_quant_dtype=io_type, non_verbose=True)
-            except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
-                raise _conversion_error(err, log) from None
-        made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
-        artifacts = []
-        for precision in precisions:
-            suffix, kind = OUTPUTS[precision]
-            produced = scratch / "out" / f"model_{suffix}.tflite"
-            if not produced.is_file():
-                raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
-            path = workdir / f"model.{precision}.tflite"
-            shutil.move(produced, path)
-            runner = LiteRTRunner(path, 1, reference.inputs, reference.outputs)
-            artifacts.append(Artifact(path, "tflite", kind, {
-                "made_by": made_by, "scheme": _scheme(precision, io_type, calibration),
-                "inputs": _io(runner.inputs, reference.inputs, runner.input_transposes, "input"),
-                "outputs": _io(runner.outputs, reference.outputs, runner.output_transposes, "output")}))
-        return artifacts
+        with silenced(log):
+            return _convert(fp32, precisions, calibration, io_type, workdir, scratch, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _convert(fp32: Artifact, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
+             scratch: Path, log: Path) -> list[Artifact]:
+    from ..runners.onnxrt import OnnxRuntimeRunner
+
+    source = scratch / "model.onnx"
+    shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
+    calib = _calibration_files(calibration, scratch)
+    with _inside(scratch), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnx2tf's own use of the deprecated tf.lite.Interpreter
+        # Imports TensorFlow, which logs on stderr and probes the temporary directory while importing.
+        import onnx2tf
+
+        try:
+            onnx2tf.convert(
+                input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
+                not_use_onnxsim=True,  # edgekit's ONNX is simplified already; onnxsim is not installed
+                output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
+                output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
+                custom_input_op_name_np_data_path=calib, input_quant_dtype=io_type,
+                output_quant_dtype=io_type, non_verbose=True)
+        except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
+            raise _conversion_error(err, log) from None
+    reference = OnnxRuntimeRunner(fp32.path, ["CPUExecutionProvider"])
+    made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
+    artifacts = []
+    for precision in precisions:
+        suffix, kind = OUTPUTS[precision]
+        produced = scratch / "out" / f"model_{suffix}.tflite"
+        if not produced.is_file():
+            raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
+        path = workdir / f"model.{precision}.tflite"
+        shutil.move(produced, path)
+        runner = LiteRTRunner(path, 1, reference.inputs, reference.outputs)
+        artifacts.append(Artifact(path, "tflite", kind, {
+            "made_by": made_by, "scheme": _scheme(precision, io_type, calibration),
+            "inputs": _io(runner.inputs, runner.interpreter.get_input_details(), reference.inputs,
+                          runner.input_transposes, "input"),
+            "outputs": _io(runner.outputs, runner.interpreter.get_output_details(), reference.outputs,
+                           runner.output_transposes, "output")}))
+    return artifacts
+
+
 def _check_operators(model) -> None:
     """Fail before converting when onnx2tf has no lowering for an operator (it has one module per op)."""
+    spec = importlib.util.find_spec("onnx2tf")  # locates the package without importing TensorFlow
+    if spec is None:
+        raise UserError("TFLite conversion needs onnx2tf and TensorFlow: pip install 'edgekit[tflite]'")
+    ops = Path(next(iter(spec.submodule_search_locations))) / "ops"
     for node in model.graph.node:
-        if importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
+        if not (ops / f"{node.op_type}.py").is_file():
             raise UserError(f"onnx2tf cannot lower operator {node.op_type} (node '{node.name}') to TFLite: "
                             f"replace it in the model or build ONNX targets only")
 
 
-def _calibration_files(model, calibration: Dataset, scratch: Path) -> list[list]:
+def _calibration_files(calibration: Dataset, scratch: Path) -> list[list]:
     """One channel-last .npy per input for `-cind`, and onnx2tf's sample-image file made from our data."""
     params = []
     for name, array in calibration.inputs.items():
-        if array.ndim >= 4:
+        if array.ndim >= 3:  # onnx2tf makes 3-D to 5-D inputs channel-last
             array = np.transpose(array, [0, *range(2, array.ndim), 1])
         path = scratch / f"calib_{len(params)}.npy"
         np.save(path, np.ascontiguousarray(array, dtype=np.float32))
-        # (x - mean) / std is applied to the calibration data: ours is preprocessed already.
+        # onnx2tf feeds (x - mean) / std to the converter: our data is preprocessed already.
         params.append([_tf_name(name), str(path), np.float32(0.0), np.float32(1.0)])
-    images = [a for a in calibration.inputs.values() if a.ndim == 4 and a.shape[1] == 3]
+    images = [a for a in calibration.inputs.values() if a.ndim == 4]
     if images:
         np.save(scratch / SAMPLE_FILE, _sample_images(images[0]))
     return params
 
 
 def _sample_images(nchw: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour resize to 128x128 and repeat to 20 samples: shape checks need no more."""
-    rows = np.arange(SAMPLE_SHAPE[1]) * nchw.shape[2] // SAMPLE_SHAPE[1]
-    cols = np.arange(SAMPLE_SHAPE[2]) * nchw.shape[3] // SAMPLE_SHAPE[2]
-    resized = nchw[:, :, rows][:, :, :, cols].transpose(0, 2, 3, 1)
-    return np.resize(resized, SAMPLE_SHAPE).astype(np.float32)
+    """Nearest-neighbour resize to 20x128x128x3 (channels repeated or cut): shape checks need no more."""
+    count, height, width, channels = SAMPLE_SHAPE
+    rows = np.arange(height) * nchw.shape[2] // height
+    cols = np.arange(width) * nchw.shape[3] // width
+    picked = nchw[np.arange(count) % len(nchw)][:, np.arange(channels) % nchw.shape[1]]
+    return np.ascontiguousarray(picked[:, :, rows][:, :, :, cols].transpose(0, 2, 3, 1), dtype=np.float32)
 
 
 def _tf_name(onnx_name: str) -> str:
@@ -133,11 +148,14 @@ def _scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any
     return {"mode": "float", "weights": "float16" if precision == "fp16" else "float32", "io_type": "float32"}
 
 
-def _io(specs, reference, perms, kind: str) -> list[dict[str, Any]]:
-    """What an app must do per tensor: the transpose (and, for integer I/O, the quantization) to apply."""
+def _io(specs, details, reference, perms, kind: str) -> list[dict[str, Any]]:
+    """What an app must do per tensor: the transpose (and, for integer I/O, the quantization) to apply.
+
+    TFLite tensor names do not keep the ONNX ones (outputs become 'Identity', 'PartitionedCall:0'):
+    tensors match the reference model's by position, recorded here with the TFLite name."""
     records = []
-    for spec, ref, perm in zip(specs, reference, perms):
-        record = {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype,
+    for spec, detail, ref, perm in zip(specs, details, reference, perms):
+        record = {"name": spec.name, "tflite_name": detail["name"], "shape": list(spec.shape), "dtype": spec.dtype,
                   "layout": spec.layout, "reference_shape": list(ref.shape), "reference_layout": ref.layout}
         if perm:
             record["transpose"] = perm if kind == "input" else inverse(perm)
@@ -164,27 +182,6 @@ def _conversion_error(err: BaseException, log: Path) -> UserError:
 def _tail(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else "(empty log)"
-
-
-@contextlib.contextmanager
-def _quiet(log: Path) -> Iterator[None]:
-    """Send stdout and stderr, Python's and TensorFlow's native ones, to `log`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 @contextlib.contextmanager

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Run one edgekit artifact (.onnx or .tflite) on this machine: outputs for every sample, plus timings.
+
+Self-contained on purpose: it needs only the standard library, numpy and the runtime it uses
+(onnxruntime, or one of ai_edge_litert / tflite_runtime / tensorflow.lite), so it can be copied
+to a phone, a board or a container and run there without edgekit.
+
+    python runner.py model.onnx --inputs inputs.npz --out result.npz --json result.json \
+        [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
+"""
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+ISA_FEATURES = {
+    "x86": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"),
+    "arm": ("asimd", "asimddp", "i8mm", "sve", "bf16"),  # asimd = NEON, asimddp = dotprod
+}
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78", "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2"}
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+def machine_info():
+    info = {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+            "cpu_model": platform.processor() or None, "isa": {}}
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return info
+    fields = {}  # first occurrence of each key: the first core describes the machine well enough
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    family = "x86" if "flags" in fields else "arm"
+    info["isa"] = {name: name in flags for name in ISA_FEATURES[family]}
+    part = fields.get("cpu part")
+    info["cpu_model"] = (fields.get("model name") or fields.get("hardware")
+                         or (part and ARM_PARTS.get(part, f"ARM part {part}")) or info["cpu_model"])
+    return info
+
+
+def package_version(*names):
+    from importlib import metadata
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+class OnnxModel:
+    def __init__(self, path, threads, providers):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        options = [{"intra_op_num_threads": threads} if p == "XnnpackExecutionProvider" and threads else {}
+                   for p in chosen]
+        self.session = ort.InferenceSession(path, opts, providers=chosen, provider_options=options)
+        self.runtime = {"name": "onnxruntime", "version": ort.__version__, "requested": providers,
+                        "available": available, "used": self.session.get_providers()[0]}
+        self.inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in self.inputs]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        batch = self.inputs[0].shape[0]
+        self.batch = batch if isinstance(batch, int) and batch > 0 else None  # None: dynamic
+        self.transpose = False
+
+    def run(self, arrays):
+        feeds = {i.name: a.astype(ONNX_DTYPES.get(i.type, a.dtype), copy=False)
+                 for i, a in zip(self.inputs, arrays)}
+        return [np.asarray(y, dtype=np.float32) for y in self.session.run(self.output_names, feeds)]
+
+
+def load_interpreter():
+    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        package = module.split(".")[0]
+        cls = mod.lite.Interpreter if package == "tensorflow" else mod.Interpreter
+        return cls, package, package_version(package.replace("_", "-"))
+    raise SystemExit("no TFLite runtime: pip install ai-edge-litert")
+
+
+class TfliteModel:
+    def __init__(self, path, threads):
+        cls, package, version = load_interpreter()
+        self.interpreter = cls(model_path=path, num_threads=threads or None)
+        self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+        self.input_names = [d["name"] for d in self.inputs]
+        self.output_names = [d["name"] for d in self.outputs]
+        self.batch = int(self.inputs[0]["shape"][0])
+        self.transpose = False
+        try:  # private API, but the only way to see whether the default XNNPACK delegate took the graph
+            ops = {op["op_name"] for op in self.interpreter._get_ops_details()}
+            used = "XNNPACK delegate" if "DELEGATE" in ops else "builtin kernels"
+        except Exception:
+            used = "unknown"
+        self.runtime = {"name": package, "version": version, "used": used}
+
+    def prepare(self, array, detail):
+        shape = tuple(detail["shape"][1:])
+        if array.ndim == 4 and array.shape[1:] != shape and array.shape[2:] + array.shape[1:2] == shape:
+            array, self.transpose = array.transpose(0, 2, 3, 1), True  # NCHW data, NHWC model
+        if np.issubdtype(detail["dtype"], np.integer) and array.dtype.kind == "f":
+            scale, zero_point = detail["quantization"]
+            limits = np.iinfo(detail["dtype"])
+            array = np.clip(np.round(array / scale + zero_point), limits.min, limits.max)
+        return np.ascontiguousarray(array.astype(detail["dtype"], copy=False))
+
+    def run(self, arrays):
+        for detail, array in zip(self.inputs, arrays):
+            self.interpreter.set_tensor(detail["index"], self.prepare(array, detail))
+        self.interpreter.invoke()
+        results = []
+        for detail in self.outputs:
+            y = self.interpreter.get_tensor(detail["index"]).astype(np.float32)
+            scale, zero_point = detail["quantization"]
+            if np.issubdtype(detail["dtype"], np.integer) and scale:
+                y = (y - zero_point) * scale
+            if self.transpose and y.ndim == 4:
+                y = y.transpose(0, 3, 1, 2)  # back to the layout of the data we were given
+            results.append(y)
+        return results
+
+
+def match_inputs(names, data):
+    """Arrays of the npz in model-input order. TFLite renames inputs (serving_default_x:0)."""
+    def plain(name):
+        return name.removeprefix("serving_default_").split(":")[0]
+    by_plain = {plain(k): k for k in data.files}
+    keys = [name if name in data.files else by_plain.get(plain(name)) for name in names]
+    if None in keys and len(names) == 1 and len(data.files) == 1:
+        keys = data.files
+    if None in keys:
+        raise SystemExit(f"inputs {names} not found in npz keys {data.files}")
+    return [data[k] for k in keys]
+
+
+def batches(arrays, size):
+    """Slices of `size` samples; the last one is padded by repeating its final sample."""
+    n = len(arrays[0])
+    for start in range(0, n, size):
+        chunk = [a[start:start + size] for a in arrays]
+        real = len(chunk[0])
+        if real < size:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], size - real, axis=0)]) for c in chunk]
+        yield chunk, real
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, (time.perf_counter() - start) * 1e3
+
+
+def peak_rss_mb():
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model")
+    p.add_argument("--inputs", required=True, help="npz: one array per model input, first axis = samples")
+    p.add_argument("--out", required=True, help="npz written with float32 outputs keyed by output name")
+    p.add_argument("--json", required=True, help="timings and machine description")
+    p.add_argument("--threads", type=int, default=0, help="0: the runtime's default")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--batch", type=int, default=0, help="for a dynamic batch axis (default 32)")
+    p.add_argument("--providers", default="XnnpackExecutionProvider,CPUExecutionProvider",
+                   help="ONNX Runtime providers in order of preference; missing ones are skipped")
+    args = p.parse_args(argv)
+
+    suffix = os.path.splitext(args.model)[1].lower()
+    if suffix == ".onnx":
+        model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
+    elif suffix == ".tflite":
+        model, load_ms = timed(TfliteModel, args.model, args.threads)
+    else:
+        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx or .tflite")
+
+    with np.load(args.inputs) as data:
+        arrays = match_inputs(model.input_names, data)
+    size = args.batch or model.batch or 32
+    outputs, first_ms = [], None
+    for chunk, real in batches(arrays, size):
+        result, ms = timed(model.run, chunk)
+        first_ms = ms if first_ms is None else first_ms
+        outputs.append([y[:real] for y in result])
+    np.savez(args.out, **{name: np.concatenate([o[i] for o in outputs])
+                          for i, name in enumerate(model.output_names)})
+
+    first = next(batches(arrays, model.batch or 1))[0]  # first sample, or first batch if fixed
+    for _ in range(args.warmup):
+        model.run(first)
+    times = np.array([timed(model.run, first)[1] for _ in range(args.runs)] or [np.nan])
+    report = {
+        "model": os.path.abspath(args.model),
+        "samples": len(arrays[0]),
+        "batch": size,
+        "timed_batch": len(first[0]),
+        "threads": args.threads or "default",
+        "runtime": model.runtime,
+        "load_ms": load_ms,
+        "first_run_ms": first_ms,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "latency_ms": {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
+                       "p99": float(np.percentile(times, 99)), "mean": float(times.mean()),
+                       "min": float(times.min())},
+        "peak_rss_mb": peak_rss_mb(),
+        "machine": machine_info(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    lat = report["latency_ms"]
+    print(f"{report['runtime']['name']} {report['runtime']['used']} on {report['machine']['machine']}: "
+          f"p50 {lat['p50']:.3f} ms, mean {lat['mean']:.3f} ms over {args.runs} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

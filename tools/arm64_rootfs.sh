@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Build, once, an arm64 Debian bookworm root filesystem with Python 3.11, numpy, onnxruntime and
+# ai-edge-litert, to run edgekit artifacts (and edgekit/device/runner.py) on emulated arm64:
+#
+#   qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3 edgekit/device/runner.py MODEL ...
+#
+# Every step is cached under ${EDGEKIT_CACHE:-~/.cache/edgekit}/arm64 and skipped when done, so a
+# second run only verifies. Needs root for apt-get (only when debootstrap/qemu-user-static are missing).
+# The last line printed on stdout is the root filesystem's path.
+set -euo pipefail
+
+CACHE=${EDGEKIT_CACHE:-$HOME/.cache/edgekit}/arm64
+ROOTFS=$CACHE/rootfs
+WHEELS=$CACHE/wheels
+SITE=$ROOTFS/usr/local/lib/python3.11/dist-packages   # on Debian python3's sys.path
+MIRROR=${EDGEKIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PACKAGES=${EDGEKIT_ARM64_PACKAGES:-numpy onnxruntime ai-edge-litert}
+PYTHON=${PYTHON:-python3}
+
+log() { echo "[arm64_rootfs] $*" >&2; }
+
+need_debs() {
+    local missing=()
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+make_rootfs() {
+    [[ -f $ROOTFS/.edgekit-rootfs ]] && return
+    log "debootstrap arm64 bookworm -> $ROOTFS"
+    # Build beside the target and rename at the end, so an interrupted run never looks finished.
+    local tmp=$ROOTFS.partial
+    rm -rf "$tmp" && mkdir -p "$CACHE"
+    debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,libstdc++6 \
+        bookworm "$tmp" "$MIRROR" >&2
+    # --foreign only downloads and unpacks the essentials; the second stage needs chroot + binfmt.
+    # Unpacking every downloaded .deb is enough to get a working python3 for qemu -L.
+    for deb in "$tmp"/var/cache/apt/archives/*.deb; do dpkg -x "$deb" "$tmp"; done
+    rm -f "$tmp"/var/cache/apt/archives/*.deb
+    touch "$tmp/.edgekit-rootfs"
+    rm -rf "$ROOTFS" && mv "$tmp" "$ROOTFS"
+}
+
+download_wheels() {
+    [[ -f $WHEELS/.done && "$(cat "$WHEELS/.done")" == "$PACKAGES" ]] && return
+    log "downloading aarch64 wheels: $PACKAGES"
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    # pip does not widen --platform to older compatible tags: list every manylinux tag that
+    # bookworm's glibc (2.36) accepts, or it silently picks an old release (ai-edge-litert 2.x is 2_27).
+    local platforms=(--platform manylinux2014_aarch64)
+    for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
+    # shellcheck disable=SC2086  # PACKAGES is a word list
+    "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELS" "${platforms[@]}" \
+        --python-version 3.11 --implementation cp $PACKAGES >&2
+    echo "$PACKAGES" >"$WHEELS/.done"
+    rm -f "$SITE/.edgekit-wheels"   # new wheels: unpack again
+}
+
+install_wheels() {
+    [[ -f $SITE/.edgekit-wheels ]] && return
+    log "unpacking wheels into $SITE"
+    rm -rf "$SITE" && mkdir -p "$SITE"   # only our wheels live here; no stale versions
+    for whl in "$WHEELS"/*.whl; do "$PYTHON" -m zipfile -e "$whl" "$SITE"; done
+    touch "$SITE/.edgekit-wheels"
+}
+
+write_cpuinfo() {
+    # onnxruntime's CPU detection reads /proc/cpuinfo and crashes or hangs on the host's x86 one.
+    # qemu -L looks up ROOTFS/proc/cpuinfo first; Docker bind-mounts the same file.
+    mkdir -p "$ROOTFS/proc"
+    {
+        for cpu in 0 1 2 3; do
+            cat <<EOF
+processor	: $cpu
+BogoMIPS	: 50.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x4
+CPU part	: 0xd0b
+CPU revision	: 1
+
+EOF
+        done
+    } >"$ROOTFS/proc/cpuinfo"
+}
+
+verify() {
+    local py=(qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3")
+    "${py[@]}" -c "import platform, numpy, onnxruntime as ort
+print(platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', ort.__version__, ort.get_available_providers())" >&2
+    "${py[@]}" -c "import ai_edge_litert, ai_edge_litert.interpreter as li
+print('ai_edge_litert', getattr(ai_edge_litert, '__version__', '?'), li.Interpreter.__name__)" >&2
+}
+
+need_debs
+make_rootfs
+download_wheels
+install_wheels
+write_cpuinfo
+verify
+echo "$ROOTFS"
