@@ -7,18 +7,20 @@ from typing import Any
 from . import package
 from .parity import ParityResult
 from .sources import sha256_file
+from .spec import TensorSpec
 from .targets import Runtime, Tolerance
 from .verify import verify
 
 
-def check(folder: Path) -> list[dict[str, Any]]:
-    """One record per artifact (file, bytes, parity); every check is recomputed, nothing is read back."""
+def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """One record per artifact (file, bytes, parity), every check recomputed, nothing read back; and the
+    conversions the build recorded as failed (a release with a missing format does not pass)."""
     manifest = package.read_manifest(folder)
     runtime = Runtime(**manifest["target"]["profile"]["runtime"])
     evidence_problem = _evidence_problem(folder, manifest)
     if evidence_problem is None:
-        input_names = [spec["name"] for spec in manifest["source_model"]["inputs"]]
-        inputs, labels, reference = package.read_parity_data(folder, input_names)
+        model_io = tuple([TensorSpec.from_dict(d) for d in manifest["model_io"][kind]] for kind in ("inputs", "outputs"))
+        inputs, labels, reference = package.read_parity_data(folder, [spec.name for spec in model_io[0]])
     records = []
     for entry in manifest["artifacts"]:
         path = folder / entry["file"]
@@ -29,12 +31,12 @@ def check(folder: Path) -> list[dict[str, Any]]:
         elif sha256_file(path) != entry["sha256"]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
-            parity = verify(path, entry["format"], runtime, inputs, reference, Tolerance(**entry["tolerance"]),
-                            labels).parity
+            parity = verify(path, entry["format"], runtime, model_io, inputs, reference,
+                            Tolerance(**entry["tolerance"]), labels).parity
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
-    return records
+    return records, manifest["failures"]
 
 
 def _evidence_problem(folder: Path, manifest: dict[str, Any]) -> str | None:

@@ -31,29 +31,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", help="export, quantize, verify and package a model for targets")
-    build.add_argument("model", nargs="?", help="model.onnx, program.pt2, TorchScript file, or file.py:factory / "
-                       "package.module:factory (default: the bundled example)")
-    build.add_argument("--weights", help="state_dict checkpoint for a factory model")
+    _model_and_data_flags(build)
     build.add_argument("--target", action="append", help="target profile name or .yaml path; repeat or "
                        "comma-separate for several (default: arm64)")
-    build.add_argument("--out", help="output folder (default: build); each target gets OUT/<target>")
     build.add_argument("--recipe", help="edgekit.yaml recipe; flags override it")
-    build.add_argument("--input-shape", type=_shape, help="fixed input shape, e.g. 1,3,224,224")
-    build.add_argument("--quantize", choices=["int8", "fp16", "none"], help="extra precision beside fp32 "
-                       "(default: the target's)")
-    build.add_argument("--calib", help="calibration data: .npy, .npz or a folder of images")
+    build.add_argument("--quantize", choices=["int8", "fp16", "none"], help="the reduced precision built beside "
+                       "fp32 (default: all the target's)")
     build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
-    build.add_argument("--calib-samples", type=int, help="use at most this many calibration samples")
-    build.add_argument("--random-calib", action="store_true", default=None,
-                       help="calibrate on random inputs when you have no data (recorded in the manifest)")
-    build.add_argument("--eval", help="held-out data for parity and accuracy (.npz with x and y, or a folder "
-                       "of images per class); default: the last 20%% of --calib")
     build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
-    build.add_argument("--keep-going", action="store_true", default=None,
-                       help="package artifacts even when they fail parity")
-    build.add_argument("--json", action="store_true", help="print the manifests as JSON on stdout")
-    build.add_argument("--quiet", action="store_true", help="no progress lines")
     build.set_defaults(handler=_build)
+
+    convert = commands.add_parser("convert", help="only the lowering: a model to TFLite files, with parity")
+    _model_and_data_flags(convert)
+    convert.add_argument("--to", choices=["tflite"], required=True)
+    convert.add_argument("--precision", help="comma-separated: fp32, fp16, dynamic_int8, int8 "
+                         "(default: the target's)")
+    convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
+                         "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
+    convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None)
 
     check = commands.add_parser("check", help="re-run the parity gate on a build folder (exit 0 only if all pass)")
     check.add_argument("folder", help="a folder written by `edgekit build`, e.g. build/arm64")
@@ -71,6 +66,24 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
     return parser
+
+
+def _model_and_data_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", nargs="?", help="model.onnx, program.pt2, TorchScript file, or file.py:factory / "
+                         "package.module:factory (default: the bundled example)")
+    command.add_argument("--weights", help="state_dict checkpoint for a factory model")
+    command.add_argument("--out", help="output folder (default: build); each target gets OUT/<target>")
+    command.add_argument("--input-shape", type=_shape, help="fixed input shape, e.g. 1,3,224,224")
+    command.add_argument("--calib", help="calibration data: .npy, .npz or a folder of images")
+    command.add_argument("--calib-samples", type=int, help="use at most this many calibration samples")
+    command.add_argument("--random-calib", action="store_true", default=None,
+                         help="calibrate on random inputs when you have no data (recorded in the manifest)")
+    command.add_argument("--eval", help="held-out data for parity and accuracy (.npz with x and y, or a folder "
+                         "of images per class); default: the last 20%% of --calib")
+    command.add_argument("--keep-going", action="store_true", default=None,
+                         help="package artifacts even when they fail parity or a conversion fails")
+    command.add_argument("--json", action="store_true", help="print the manifests as JSON on stdout")
+    command.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _shape(text: str) -> list[int]:
@@ -100,20 +113,42 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _build(args: argparse.Namespace) -> int:
     from . import recipe as recipes
+
+    return _run_build(recipes.make(args.recipe, _overrides(args)), args)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """A build whose only format is TFLite: the float ONNX is made as the hub but not shipped."""
+    import dataclasses
+
+    from . import recipe as recipes
+    from . import schema, targets
+
+    recipe = recipes.make(None, _overrides(args))
+    target = targets.load(args.convert_target)
+    precisions = [p.strip() for p in args.precision.split(",")] if args.precision else target.tflite.precisions
+    tflite = schema.build(targets.TFLite, {"precisions": precisions, "io_type": target.tflite.io_type},
+                          "--precision")
+    profile = dataclasses.replace(target, name=f"{target.name}-tflite", formats=["tflite"], quantize="none",
+                                  tflite=tflite)
+    return _run_build(recipe, args, [profile])
+
+
+def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
     from .pipeline import build
     from .report import Progress, summary_table
 
-    recipe = recipes.make(args.recipe, _overrides(args))
+    names = [p.name for p in profiles] if profiles else recipe.targets
     if not args.quiet:
-        print(f"edgekit {__version__}: building {recipe.model} for {', '.join(recipe.targets)}", file=sys.stderr)
-    results = build(recipe, Progress(quiet=args.quiet))
+        print(f"edgekit {__version__}: building {recipe.model} for {', '.join(names)}", file=sys.stderr)
+    results = build(recipe, Progress(quiet=args.quiet), profiles)
     for result in results:
         manifest = result.manifest
         accuracy = manifest["reference"].get("accuracy")
         reference = f", reference accuracy {accuracy:.2f}%" if accuracy is not None else ""
-        where = result.folder if result.folder else "not packaged: parity failed (--keep-going packages anyway)"
+        where = result.folder if result.folder else "not packaged: it failed (--keep-going packages anyway)"
         print(f"\n{result.target} -> {where}{reference}", file=sys.stderr)
-        print(summary_table(manifest["artifacts"]), file=sys.stderr)
+        print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
         if result.archive:
             print(f"archive: {result.archive}", file=sys.stderr)
     if args.json:
@@ -122,7 +157,8 @@ def _build(args: argparse.Namespace) -> int:
     if failed and not recipe.keep_going:
         return 1
     if failed:
-        print("warning: packaged although parity failed (--keep-going); `edgekit check` will fail", file=sys.stderr)
+        print("warning: packaged although parity or a conversion failed (--keep-going); `edgekit check` will fail",
+              file=sys.stderr)
     return 0
 
 
@@ -130,12 +166,12 @@ def _check(args: argparse.Namespace) -> int:
     from .check import check
     from .report import summary_table
 
-    records = check(Path(args.folder))
-    passed = all(r["parity"]["passed"] for r in records)
+    records, failures = check(Path(args.folder))
+    passed = not failures and all(r["parity"]["passed"] for r in records)
     if args.json:
-        print(json.dumps({"passed": passed, "artifacts": records}, indent=2, default=str))
+        print(json.dumps({"passed": passed, "artifacts": records, "failures": failures}, indent=2, default=str))
     else:
-        print(summary_table(records))
+        print(summary_table(records, failures))
         print(f"\n{args.folder}: {'PASS' if passed else 'FAIL'} ({len(records)} artifacts)")
     return 0 if passed else 1
 

@@ -12,10 +12,12 @@ import numpy as np
 from . import __version__, package, sources, targets
 from .data import BuildData, load_build_data
 from .errors import UserError
+from .parity import accuracy, is_classifier
 from .recipe import Recipe
 from .report import Progress
 from .runners import run_dataset
 from .sources import SourceModel
+from .spec import TensorSpec
 from .stages import Artifact
 from .stages.export_onnx import export_onnx
 from .stages.quantize import convert_fp16, quantize_int8
@@ -31,6 +33,13 @@ class BuildInputs:
     data: BuildData
     reference: dict[str, np.ndarray]  # the source model's outputs on the held-out inputs
     reference_engine: dict[str, Any]
+
+    @property
+    def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """Names, shapes and layouts every artifact's inputs and outputs are fed and compared in."""
+        batch = self.source.inputs[0].shape[0]
+        return self.source.inputs, [dataclasses.replace(spec, shape=(batch, *self.reference[spec.name].shape[1:]))
+                                    for spec in self.source.outputs]
 
 
 @dataclass
@@ -54,11 +63,12 @@ class ParityFailed(Exception):
 
 
 def all_passed(manifest: dict[str, Any]) -> bool:
-    return all(a["parity"]["passed"] for a in manifest["artifacts"])
+    return not manifest["failures"] and all(a["parity"]["passed"] for a in manifest["artifacts"])
 
 
-def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
-    profiles = [targets.load(name) for name in recipe.targets]
+def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = None) -> list[TargetResult]:
+    """Build for `profiles`, or for the recipe's targets when none are given."""
+    profiles = profiles or [targets.load(name) for name in recipe.targets]
     out = Path(recipe.out)
     package.check_writable(out)
     with progress.step("load model"):
@@ -83,15 +93,21 @@ def build(recipe: Recipe, progress: Progress) -> list[TargetResult]:
 
 
 def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    if source.kind == "torch":
-        from .runners.torch_runner import TorchRunner
+    try:
+        if source.kind == "torch":
+            from .runners.torch_runner import TorchRunner
 
-        runner = TorchRunner(source.module, source.inputs, source.outputs)
-    else:
-        from .runners.onnxrt import OnnxRuntimeRunner
+            runner = TorchRunner(source.module, source.inputs, source.outputs)
+        else:
+            from .runners.onnxrt import OnnxRuntimeRunner
 
-        runner = OnnxRuntimeRunner(source.onnx_path, ["CPUExecutionProvider"])
-    outputs = run_dataset(runner, data.evaluation.inputs)
+            runner = OnnxRuntimeRunner(source.onnx_path, ["CPUExecutionProvider"])
+        outputs = run_dataset(runner, data.evaluation.inputs)
+    except Exception as err:
+        engine = "PyTorch" if source.kind == "torch" else "ONNX Runtime"
+        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UserError(f"{engine} cannot run the source model {source.reference} on the held-out data: "
+                        f"{detail[-300:]}") from None
     for name, value in outputs.items():
         if not np.isfinite(value).all():
             raise UserError(f"the source model itself outputs NaN/Inf for '{name}' on the held-out data "
@@ -100,46 +116,71 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
 
 def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> list[Artifact]:
+                    label: str) -> tuple[list[Artifact], list[dict[str, str]]]:
+    """The target's artifacts, and the conversions that failed: a format that cannot be made does not
+    stop the others; its failure is reported and fails the build."""
     recipe, calibration = shared.recipe, shared.data.calibration
     quantize = recipe.quantize or target.quantize
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
-        artifacts = [export_onnx(shared.source, target.opset, folder)]
+        fp32 = export_onnx(shared.source, target.opset, folder)
+    artifacts, failures = [fp32], []
     if quantize == "int8":
         scheme = target.quantization
         if recipe.calibration.method:
             scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
         with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)"):
-            artifacts.append(quantize_int8(artifacts[0], scheme, calibration, recipe.calibration.exclude_nodes,
-                                           folder))
+            artifacts.append(quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes, folder))
     elif quantize == "fp16":
         with progress.step(f"{label} convert to float16"):
-            artifacts.append(convert_fp16(artifacts[0], folder))
-    return artifacts
+            artifacts.append(convert_fp16(fp32, folder))
+    if "onnx" not in target.formats:  # the float ONNX is still the hub TFLite is made from
+        for artifact in artifacts[1:]:
+            artifact.path.unlink()
+        artifacts = []
+    precisions = tflite_precisions(target, recipe.quantize)
+    if "tflite" in target.formats and precisions:
+        from .stages.tflite import convert_tflite
+
+        with progress.step(f"{label} convert to TFLite ({', '.join(precisions)})"):
+            try:
+                artifacts += convert_tflite(fp32, precisions, calibration, target.tflite.io_type, folder)
+            except UserError as err:
+                failures.append({"stage": "convert to TFLite", "format": "tflite", "error": str(err)})
+    if "onnx" not in target.formats:
+        fp32.path.unlink()
+    return artifacts, failures
+
+
+def tflite_precisions(target: Target, quantize: str | None) -> list[str]:
+    """The profile's TFLite precisions; `--quantize` narrows them to fp32 plus the precision it names."""
+    if quantize is None:
+        return list(target.tflite.precisions)
+    keep = {"int8": {"fp32", "dynamic_int8", "int8"}, "fp16": {"fp32", "fp16"}, "none": {"fp32"}}[quantize]
+    return [p for p in target.tflite.precisions if p in keep]
 
 
 def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> dict[str, Any]:
     label = f"[{target.name}]"
     timings = Progress(progress.quiet)
-    artifacts = _make_artifacts(shared, target, folder, timings, label)
+    artifacts, failures = _make_artifacts(shared, target, folder, timings, label)
     evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
         with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
             records.append(_artifact_record(folder, artifact, target, shared))
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
-    manifest = _manifest(shared, target, folder, records)
+    manifest = _manifest(shared, target, folder, records, failures)
     package.write_json(folder / package.MANIFEST, manifest)
     package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
-                                                "artifacts": records})
+                                                "artifacts": records, "failures": failures})
     return manifest
 
 
 def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs) -> dict[str, Any]:
     tolerance = target.tolerance(artifact.precision)
     evaluation = shared.data.evaluation
-    checked = verify(artifact.path, artifact.format, target.runtime, evaluation.inputs, shared.reference,
-                     tolerance, evaluation.labels)
+    checked = verify(artifact.path, artifact.format, target.runtime, shared.model_io, evaluation.inputs,
+                     shared.reference, tolerance, evaluation.labels)
     return {**package.file_record(folder, artifact.path.name), "format": artifact.format,
             "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
             "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
@@ -148,15 +189,17 @@ def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: B
             "details": artifact.metadata}
 
 
-def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]],
+              failures: list[dict[str, str]]) -> dict[str, Any]:
     recipe, source, data = shared.recipe, shared.source, shared.data
     return {
         "schema": package.MANIFEST_SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "description": target.description, "profile": dataclasses.asdict(target)},
         "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
-                         "files": source.files, "inputs": [s.to_dict() for s in source.inputs],
-                         "outputs": [s.to_dict() for s in source.outputs]},
+                         "files": source.files},
+        "model_io": {"inputs": [s.to_dict() for s in shared.model_io[0]],
+                     "outputs": [s.to_dict() for s in shared.model_io[1]]},
         "preprocessing": dataclasses.asdict(recipe.preprocess) if recipe.preprocess else None,
         "labels": recipe.labels,
         "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
@@ -165,8 +208,14 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[d
                        "labeled": data.evaluation.labels is not None,
                        "inputs": package.file_record(folder, package.PARITY_INPUTS),
                        "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
-        "reference": {**shared.reference_engine, "accuracy": records[0]["parity"]["reference_accuracy"]},
+        "reference": {**shared.reference_engine, "accuracy": _reference_accuracy(shared)},
         "artifacts": records,
+        "failures": failures,
         "recipe": recipe.to_dict(),
         "versions": {**package.versions(), "edgekit": __version__},
     }
+
+
+def _reference_accuracy(shared: BuildInputs) -> float | None:
+    labels, first = shared.data.evaluation.labels, next(iter(shared.reference.values()))
+    return accuracy(first, labels) if labels is not None and is_classifier(first) else None

@@ -28,8 +28,8 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def summary_table(artifacts: list[dict[str, Any]]) -> str:
-    """One row per artifact: size, verdict and the numbers that decided it."""
+def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]]) -> str:
+    """One row per artifact: size, verdict and the numbers that decided it; then what went wrong."""
     header = ["artifact", "size", "parity", "max abs err", "cosine", "SNR dB", "top-1 agree", "accuracy"]
     rows = [header]
     for record in artifacts:
@@ -45,8 +45,9 @@ def summary_table(artifacts: list[dict[str, Any]]) -> str:
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    failures = [f"  {r['file']}: {problem}" for r in artifacts for problem in r["parity"].get("failures", [])]
-    return "\n".join(lines + failures)
+    problems = [f"  {r['file']}: {problem}" for r in artifacts for problem in r["parity"].get("failures", [])]
+    problems += [f"  {f['stage']} FAILED: {f['error']}" for f in failures]
+    return "\n".join(lines + problems)
 
 
 def _size(count: int) -> str:

@@ -12,6 +12,10 @@ class TensorSpec:
     dtype: str = "float32"  # numpy dtype name
     layout: str | None = None  # NCHW / NHWC for image tensors
     quantization: dict[str, Any] | None = field(default=None)  # integer I/O: scale, zero_point
+    # Inputs: the perm an app applies to a reference-layout array before feeding (e.g. NCHW->NHWC);
+    # outputs: the perm that takes the runtime's array back to the reference layout.
+    transpose: list[int] | None = None
+    runtime_name: str | None = None  # the runtime's own tensor name, where it differs from the reference's
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -54,13 +54,22 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class TFLite:
+    """TFLite artifacts (via onnx2tf); dynamic_int8 is judged with the int8 tolerances."""
+    precisions: list[Literal["fp32", "fp16", "dynamic_int8", "int8"]] = field(
+        default_factory=lambda: ["fp32", "fp16", "int8"])
+    io_type: Literal["int8", "uint8", "float32"] = "int8"  # model I/O of the full-integer artifact
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
     opset: int = 18
-    formats: list[Literal["onnx"]] = field(default_factory=lambda: ["onnx"])
+    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx"])
     quantize: Literal["int8", "fp16", "none"] = "int8"
     quantization: Quantization = field(default_factory=Quantization)
+    tflite: TFLite = field(default_factory=TFLite)
     runtime: Runtime = field(default_factory=Runtime)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
     extends: str | None = None

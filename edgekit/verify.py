@@ -24,10 +24,11 @@ class Verification:
     outputs: list[TensorSpec] = field(default_factory=list)
 
 
-def verify(path: Path, artifact_format: str, runtime: Runtime, inputs: dict[str, np.ndarray],
-           reference: dict[str, np.ndarray], tolerance: Tolerance, labels: np.ndarray | None) -> Verification:
+def verify(path: Path, artifact_format: str, runtime: Runtime, reference_io: tuple[list[TensorSpec], list[TensorSpec]],
+           inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: Tolerance,
+           labels: np.ndarray | None) -> Verification:
     try:
-        runner = open_runner(path, artifact_format, runtime)
+        runner = open_runner(path, artifact_format, runtime, reference_io)
         outputs = run_dataset(runner, inputs)
     except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)

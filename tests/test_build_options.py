@@ -14,8 +14,8 @@ from edgekit import pipeline as pipeline_module
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods_keep_int8_accuracy(tmp_path, method):
     out = tmp_path / "out"
-    assert run_cli("build", "--calib-method", method, "--out", out, "--quiet") == 0
-    int8 = read_manifest(out / "arm64")["artifacts"][1]
+    assert run_cli("build", "--calib-method", method, "--target", "x86_64", "--out", out, "--quiet") == 0
+    int8 = read_manifest(out / "x86_64")["artifacts"][1]
     assert int8["details"]["scheme"]["calibration"] == method
     assert int8["parity"]["reference_accuracy"] - int8["parity"]["accuracy"] <= 1.0
 
@@ -24,31 +24,35 @@ def test_excluded_node_stays_float(tmp_path, example_build):
     fp32 = onnx.load(str(example_build / "arm64" / "model.fp32.onnx"))
     first_conv = next(n.name for n in fp32.graph.node if n.op_type == "Conv")
     out = tmp_path / "out"
-    assert run_cli("build", "--exclude-node", first_conv, "--out", out, "--quiet") == 0
-    graph = onnx.load(str(out / "arm64" / "model.int8.onnx")).graph
+    assert run_cli("build", "--exclude-node", first_conv, "--target", "x86_64", "--out", out, "--quiet") == 0
+    graph = onnx.load(str(out / "x86_64" / "model.int8.onnx")).graph
     producers = {o: n for n in graph.node for o in n.output}
     conv = next(n for n in graph.node if n.name == first_conv)
     assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in conv.input)
     others = [n for n in graph.node if n.op_type == "Conv" and n.name != first_conv]
     assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in others)
-    assert read_manifest(out / "arm64")["artifacts"][1]["details"]["float_nodes"] == [first_conv]
+    assert read_manifest(out / "x86_64")["artifacts"][1]["details"]["float_nodes"] == [first_conv]
 
 
 def test_random_calibration_only_when_asked_and_recorded(tmp_path):
     out = tmp_path / "out"
     assert run_cli("build", f"{TESTS / 'models.py'}:tiny_resnet", "--input-shape", "1,3,32,32",
-                   "--random-calib", "--quantize", "int8", "--out", out, "--quiet") == 0
-    manifest = read_manifest(out / "arm64")
+                   "--random-calib", "--quantize", "int8", "--target", "x86_64", "--out", out, "--quiet") == 0
+    manifest = read_manifest(out / "x86_64")
     assert manifest["calibration"]["random"] is True
     assert "random" in manifest["calibration"]["source"] and "random" in manifest["evaluation"]["source"]
     assert manifest["artifacts"][0]["parity"]["accuracy"] is None  # no labels: no accuracy claimed
 
 
-def test_quantize_none_and_fp16(tmp_path):
+def test_quantize_none_and_fp16_apply_to_every_format(tmp_path):
     assert run_cli("build", "--quantize", "none", "--out", tmp_path / "a", "--quiet") == 0
-    assert [a["precision"] for a in read_manifest(tmp_path / "a" / "arm64")["artifacts"]] == ["fp32"]
+    files = [a["file"] for a in read_manifest(tmp_path / "a" / "arm64")["artifacts"]]
+    assert files == ["model.fp32.onnx", "model.fp32.tflite"]
     assert run_cli("build", "--quantize", "fp16", "--out", tmp_path / "b", "--quiet") == 0
-    fp16 = read_manifest(tmp_path / "b" / "arm64")["artifacts"][1]
+    artifacts = read_manifest(tmp_path / "b" / "arm64")["artifacts"]
+    assert [a["file"] for a in artifacts] == ["model.fp32.onnx", "model.fp16.onnx", "model.fp32.tflite",
+                                              "model.fp16.tflite"]
+    fp16 = artifacts[1]
     assert fp16["precision"] == "fp16" and fp16["parity"]["passed"]
     assert fp16["inputs"][0]["dtype"] == "float32"  # float32 I/O kept for the app
     assert fp16["parity"]["outputs"]["output"]["top1_agreement"] == 1.0
@@ -56,7 +60,7 @@ def test_quantize_none_and_fp16(tmp_path):
 
 def strict_target(tmp_path):
     path = tmp_path / "strict.yaml"
-    path.write_text("extends: arm64\ndescription: arm64 with an INT8 limit no quantizer meets\n"
+    path.write_text("extends: x86_64\ndescription: x86_64 with an INT8 limit no quantizer meets\n"
                     "tolerances: {int8: {min_cosine: 0.9999999}}\n")
     return path
 
@@ -79,16 +83,16 @@ def test_keep_going_packages_a_failing_build_that_check_then_rejects(tmp_path):
 
 def test_interrupted_build_leaves_the_previous_output_untouched(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    assert run_cli("build", "--quantize", "none", "--out", out, "--quiet") == 0
-    before = (out / "arm64" / "manifest.json").read_bytes()
+    assert run_cli("build", "--quantize", "none", "--target", "x86_64", "--out", out, "--quiet") == 0
+    before = (out / "x86_64" / "manifest.json").read_bytes()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline_module, "quantize_int8", interrupted)
-    assert run_cli("build", "--out", out, "--quiet") == 130
-    assert sorted(p.name for p in out.iterdir()) == ["arm64", "arm64.tar.gz"]  # no staging folder left
-    assert (out / "arm64" / "manifest.json").read_bytes() == before
+    assert run_cli("build", "--target", "x86_64", "--out", out, "--quiet") == 130
+    assert sorted(p.name for p in out.iterdir()) == ["x86_64", "x86_64.tar.gz"]  # no staging folder left
+    assert (out / "x86_64" / "manifest.json").read_bytes() == before
 
 
 def test_inspect_reports_io_parameters_macs_and_operators(capsys, example_build):

@@ -11,21 +11,26 @@ import pytest
 from conftest import read_manifest, run_cli
 
 
+EXPECTED = {"arm64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.fp16.tflite",
+                      "model.dynamic_int8.tflite", "model.int8.tflite"],
+            "x86_64": ["model.fp32.onnx", "model.int8.onnx"]}
+
+
 @pytest.mark.parametrize("target", ["arm64", "x86_64"])
-def test_fp32_parity_and_int8_accuracy(example_build, target):
+def test_every_artifact_passes_with_the_acceptance_numbers(example_build, target):
     manifest = read_manifest(example_build / target)
-    by_precision = {a["precision"]: a for a in manifest["artifacts"]}
-    assert set(by_precision) == {"fp32", "int8"}
-    fp32 = by_precision["fp32"]["parity"]
-    assert fp32["passed"]
-    assert fp32["outputs"]["output"]["max_abs_error"] <= 1e-4
-    assert fp32["samples"] == 360  # the held-out test split, not the calibration samples
-    int8 = by_precision["int8"]["parity"]
-    assert int8["passed"]
-    assert int8["reference_accuracy"] >= 99.0
-    assert int8["reference_accuracy"] - int8["accuracy"] <= 1.0
-    assert manifest["reference"]["engine"] == "pytorch"
+    assert [a["file"] for a in manifest["artifacts"]] == EXPECTED[target]
+    assert manifest["failures"] == []
+    assert manifest["reference"]["engine"] == "pytorch" and manifest["reference"]["accuracy"] >= 99.0
     assert manifest["calibration"]["random"] is False
+    for artifact in manifest["artifacts"]:
+        parity = artifact["parity"]
+        assert parity["passed"], artifact["file"]
+        assert parity["samples"] == 360  # the held-out test split, not the calibration samples
+        if artifact["precision"] == "fp32":
+            assert parity["outputs"]["output"]["max_abs_error"] <= 1e-4
+        if artifact["precision"] == "int8":  # within 1 point of the original's test accuracy
+            assert parity["reference_accuracy"] - parity["accuracy"] <= 1.0
 
 
 def test_manifest_checksums_sizes_and_io(example_build):
@@ -35,21 +40,44 @@ def test_manifest_checksums_sizes_and_io(example_build):
         data = (folder / artifact["file"]).read_bytes()
         assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
         assert artifact["bytes"] == len(data)
+        assert artifact["outputs"][0]["shape"] == [1, 10]
+    onnx_fp32, onnx_int8 = manifest["artifacts"][:2]
+    for artifact in (onnx_fp32, onnx_int8):
         assert artifact["inputs"] == [{"name": "input", "shape": [1, 1, 32, 32], "dtype": "float32",
                                        "layout": "NCHW"}]
-        assert artifact["outputs"][0]["shape"] == [1, 10]
         assert artifact["runtime"]["engine"] == "onnxruntime"
         assert artifact["runtime"]["provider"] == "CPUExecutionProvider"  # no XNNPACK EP in PyPI wheels
         assert artifact["runtime"]["requested_providers"][0] == "XnnpackExecutionProvider"
-    fp32, int8 = manifest["artifacts"]
-    assert int8["bytes"] < 0.6 * fp32["bytes"]
-    assert fp32["details"]["opset"] == 18
-    assert fp32["details"]["macs"] > 5_000_000
+    assert onnx_int8["bytes"] < 0.6 * onnx_fp32["bytes"]
+    assert onnx_fp32["details"]["opset"] == 18
+    assert onnx_fp32["details"]["macs"] > 5_000_000
+    assert manifest["model_io"]["inputs"][0]["shape"] == [1, 1, 32, 32]
     assert manifest["labels"] == [str(d) for d in range(10)]
     assert manifest["preprocessing"]["mean"] == [0.5]
     for package in ("edgekit", "torch", "onnx", "onnxruntime"):
         assert manifest["versions"][package]
     assert len(manifest["source_model"]["sha256"]) == 64
+
+
+def test_tflite_artifacts_record_layout_and_integer_io(example_build):
+    """What an Android/embedded app needs: NHWC input, the transpose from NCHW, int8 scale/zero point."""
+    manifest = read_manifest(example_build / "arm64")
+    tflite = {a["file"]: a for a in manifest["artifacts"] if a["format"] == "tflite"}
+    for artifact in tflite.values():
+        (entry,) = artifact["inputs"]
+        assert entry["layout"] == "NHWC" and entry["shape"] == [1, 32, 32, 1]
+        assert entry["transpose"] == [0, 2, 3, 1]
+        assert artifact["runtime"]["engine"] == "litert"
+        assert artifact["runtime"]["delegate"].startswith("XNNPACK")
+    full = tflite["model.int8.tflite"]
+    assert full["details"]["scheme"]["mode"] == "full_integer"
+    for entry in full["inputs"] + full["outputs"]:
+        assert entry["dtype"] == "int8" and entry["quantization"]["scale"] > 0
+        assert -128 <= entry["quantization"]["zero_point"] <= 127
+    # Inputs span [-1, 1] after the example's preprocessing, so int8 steps are 2/255.
+    assert full["inputs"][0]["quantization"]["scale"] == pytest.approx(2 / 255, rel=1e-3)
+    assert "quantization" not in tflite["model.fp32.tflite"]["inputs"][0]
+    assert tflite["model.fp16.tflite"]["bytes"] < 0.6 * tflite["model.fp32.tflite"]["bytes"]
 
 
 def test_quantization_scheme_follows_the_target(example_build):
@@ -72,8 +100,9 @@ def test_quantization_scheme_follows_the_target(example_build):
 def test_archive_and_report(example_build):
     with tarfile.open(example_build / "arm64.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"arm64/manifest.json", "arm64/model.fp32.onnx", "arm64/model.int8.onnx",
-            "arm64/parity/inputs.npz", "arm64/parity/reference.npz", "arm64/report.json"} <= names
+    assert {f"arm64/{name}" for name in EXPECTED["arm64"]} <= names
+    assert {"arm64/manifest.json", "arm64/parity/inputs.npz", "arm64/parity/reference.npz",
+            "arm64/report.json"} <= names
     assert not [p for p in example_build.iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 
@@ -81,13 +110,16 @@ def test_check_passes_then_fails_after_one_byte_changes(example_build, tmp_path,
     folder = tmp_path / "arm64"
     shutil.copytree(example_build / "arm64", folder)
     assert run_cli("check", folder) == 0
-    artifact = folder / "model.int8.onnx"
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
-    capsys.readouterr()
-    assert run_cli("check", folder) == 1
-    assert "sha256 differs" in capsys.readouterr().out
+    for name in ("model.int8.onnx", "model.int8.tflite"):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        artifact = copy / name
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        artifact.write_bytes(bytes(data))
+        capsys.readouterr()
+        assert run_cli("check", copy) == 1
+        assert f"{name}: its sha256 differs" in capsys.readouterr().out
 
 
 def test_check_recomputes_parity(example_build, tmp_path, capsys):

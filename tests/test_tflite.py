@@ -133,22 +133,18 @@ def test_example_parity(converted, digits):
 
 
 @pytest.mark.slow
-def test_nhwc_layout_recorded_and_applied(converted, digits):
+def test_nhwc_layout_described_and_applied(converted, digits):
     _, artifacts = converted
     onnx, _, x, _ = digits
-    fp32 = artifacts["fp32"]
-    (entry,) = fp32.metadata["inputs"]
-    assert entry["layout"] == "NHWC" and entry["reference_layout"] == "NCHW"
-    assert entry["shape"] == [1, 32, 32, 1] and entry["transpose"] == [0, 2, 3, 1]
-    assert "transpose" not in fp32.metadata["outputs"][0]  # (1, 10) logits keep their layout
-
     reference_runner = OnnxRuntimeRunner(onnx.path, ["CPUExecutionProvider"])
-    runner = LiteRTRunner(fp32.path, 1, reference_runner.inputs, reference_runner.outputs)
-    assert runner.inputs[0].layout == "NHWC" and runner.inputs[0].shape == (1, 32, 32, 1)
+    runner = LiteRTRunner(artifacts["fp32"].path, 1, reference_runner.inputs, reference_runner.outputs)
+    (entry,) = runner.inputs
+    assert (entry.name, entry.layout, entry.shape, entry.transpose) == ("input", "NHWC", (1, 32, 32, 1), [0, 2, 3, 1])
+    assert runner.outputs[0].transpose is None  # (1, 10) logits keep their layout
     sample = x[:1]
-    # What an app does by hand, with the transpose the metadata names.
+    # What an app does by hand, with the transpose the spec names.
     interpreter = runner.interpreter
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.transpose(sample, entry["transpose"]))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.transpose(sample, entry.transpose))
     interpreter.invoke()
     by_hand = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_array_equal(runner.run({"input": sample})["output"], by_hand)
@@ -157,21 +153,21 @@ def test_nhwc_layout_recorded_and_applied(converted, digits):
 
 
 @pytest.mark.slow
-def test_integer_io_quantization(converted, digits):
+def test_integer_io_quantization(converted):
     _, artifacts = converted
     int8 = artifacts["int8"]
     assert int8.metadata["scheme"]["mode"] == "full_integer" and int8.metadata["scheme"]["io_type"] == "int8"
     runner = LiteRTRunner(int8.path)
-    for entry, detail in [(int8.metadata["inputs"][0], runner.interpreter.get_input_details()[0]),
-                          (int8.metadata["outputs"][0], runner.interpreter.get_output_details()[0])]:
-        assert entry["dtype"] == "int8" and detail["dtype"] == np.int8
+    for spec, detail in [(runner.inputs[0], runner.interpreter.get_input_details()[0]),
+                         (runner.outputs[0], runner.interpreter.get_output_details()[0])]:
+        assert spec.dtype == "int8" and detail["dtype"] == np.int8
         scale, zero_point = detail["quantization"]
-        assert entry["quantization"] == {"scale": pytest.approx(scale), "zero_point": zero_point}
+        assert spec.quantization == {"scale": pytest.approx(scale), "zero_point": zero_point}
         assert scale > 0 and -128 <= zero_point <= 127
     # Inputs in [-1, 1] fill the int8 range.
-    assert int8.metadata["inputs"][0]["quantization"]["scale"] == pytest.approx(2 / 255, rel=1e-3)
+    assert runner.inputs[0].quantization["scale"] == pytest.approx(2 / 255, rel=1e-3)
     for precision in ("fp32", "fp16", "dynamic_int8"):
-        assert "quantization" not in artifacts[precision].metadata["inputs"][0]
+        assert LiteRTRunner(artifacts[precision].path).inputs[0].quantization is None
 
 
 @pytest.mark.slow
@@ -192,13 +188,13 @@ def test_three_channel_model_converts_offline(tmp_path, monkeypatch, offline):
     x = rng.uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
     reference = run_dataset(reference_runner, {"image": x})["logits"]
     for artifact in artifacts:
-        assert artifact.metadata["inputs"][0]["transpose"] == [0, 2, 3, 1]
         runner = LiteRTRunner(artifact.path, 1, reference_runner.inputs, reference_runner.outputs)
+        assert runner.inputs[0].transpose == [0, 2, 3, 1]
         out = run_dataset(runner, {"image": x})["logits"]
         limit = 1e-4 if artifact.precision == "fp32" else 0.05 * np.abs(reference).max()
         assert np.abs(out - reference).max() <= limit
-    quantization = artifacts[1].metadata["inputs"][0]["quantization"]
-    assert artifacts[1].metadata["inputs"][0]["dtype"] == "uint8" and 0 <= quantization["zero_point"] <= 255
+    (uint8_input,) = LiteRTRunner(artifacts[1].path).inputs
+    assert uint8_input.dtype == "uint8" and 0 <= uint8_input.quantization["zero_point"] <= 255
 
 
 @pytest.mark.slow
@@ -206,6 +202,6 @@ def test_offline_guard_sees_onnx2tf_download(tmp_path, monkeypatch, offline):
     """Without our sample-image file onnx2tf goes to the network: proves the guard above can see it."""
     monkeypatch.setattr(tflite, "SAMPLE_FILE", "not-the-name-onnx2tf-looks-for.npy")
     calib = Dataset({"image": np.zeros((2, 3, 64, 64), np.float32)}, None, "zeros")
-    with pytest.raises(UserError, match="onnx2tf could not convert"):
+    with pytest.raises(UserError, match="onnx2tf could not lower the model to TFLite"):
         tflite.convert_tflite(_rgb_model(tmp_path), ["fp32"], calib, "int8", tmp_path)
     assert offline

@@ -3,16 +3,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..spec import TensorSpec
 from ..targets import Runtime
 from .base import Runner, run_dataset
 
 
-def open_runner(path: Path, artifact_format: str, runtime: Runtime) -> Runner:
-    """The runner that executes `artifact_format` files, set up as the target profile says."""
+def open_runner(path: Path, artifact_format: str, runtime: Runtime,
+                reference_io: tuple[list[TensorSpec], list[TensorSpec]]) -> Runner:
+    """The runner that executes `artifact_format` files, set up as the target profile says.
+
+    `reference_io` (the float ONNX model's inputs and outputs) lets a runner whose format changes
+    names or layouts (TFLite) take and return arrays exactly like the reference model.
+    """
     if artifact_format == "onnx":
         from .onnxrt import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, runtime.onnxruntime_providers, runtime.threads)
+    if artifact_format == "tflite":
+        from .litert import LiteRTRunner
+
+        return LiteRTRunner(path, runtime.threads, *reference_io)
     raise ValueError(f"no runner for artifact format '{artifact_format}'")
 
 

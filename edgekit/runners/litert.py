@@ -41,7 +41,8 @@ class LiteRTRunner(Runner):
         self.input_transposes = _transposes(self._in, reference_inputs, "input")
         self.output_transposes = _transposes(self._out, reference_outputs, "output")
         self.inputs = _specs(self._in, reference_inputs, self.input_transposes)
-        self.outputs = _specs(self._out, reference_outputs, self.output_transposes)
+        self.outputs = _specs(self._out, reference_outputs, [inverse(p) if p else None
+                                                             for p in self.output_transposes])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(feeds) != len(self._in):
@@ -149,6 +150,7 @@ def _transposes(details: list[dict], reference: list[TensorSpec] | None, kind: s
 
 def _specs(details: list[dict], reference: list[TensorSpec] | None,
            perms: list[list[int] | None]) -> list[TensorSpec]:
+    """The tensors as an app sees them, named like the reference's, with the transpose to apply."""
     specs = []
     for position, (detail, perm) in enumerate(zip(details, perms)):
         shape = tuple(int(d) for d in detail["shape"])
@@ -157,7 +159,8 @@ def _specs(details: list[dict], reference: list[TensorSpec] | None,
         layout = layout_name(len(shape), True) if perm else reference_layout
         specs.append(TensorSpec(reference[position].name if reference else detail["name"], shape,
                                 np.dtype(detail["dtype"]).name, layout,
-                                {"scale": float(scale), "zero_point": int(zero_point)} if scale else None))
+                                {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+                                perm, detail["name"]))
     return specs
 
 

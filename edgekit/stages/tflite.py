@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import UserError
-from ..runners.litert import LiteRTRunner, inverse, silenced
+from ..runners.litert import silenced
 from . import Artifact
 
 # precision -> (onnx2tf's file suffix, Artifact.precision)
@@ -33,6 +33,8 @@ IO_TYPES = ("int8", "uint8", "float32")
 # working directory; it only feeds onnx2tf's internal shape checks, so our own data does as well.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 SAMPLE_SHAPE = (20, 128, 128, 3)
+UNSUPPORTED_ADVICE = ("Replace the operator in the model, or pass --keep-going to ship the ONNX artifacts "
+                      "without TFLite")
 
 
 def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, io_type: str,
@@ -44,20 +46,19 @@ def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, 
     if unknown or io_type not in IO_TYPES:
         raise UserError(f"TFLite precisions must be among {', '.join(OUTPUTS)} (got {', '.join(precisions)}) "
                         f"and the integer I/O type one of {', '.join(IO_TYPES)} (got {io_type})")
-    _check_operators(onnx.load(str(fp32.path)))
+    model = onnx.load(str(fp32.path))
+    _check_operators(model)
     scratch = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=workdir)).resolve()
     log = scratch / "onnx2tf.log"
     try:
         with silenced(log):
-            return _convert(fp32, precisions, calibration, io_type, workdir, scratch, log)
+            return _convert(fp32, model, precisions, calibration, io_type, workdir, scratch, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _convert(fp32: Artifact, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
+def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
              scratch: Path, log: Path) -> list[Artifact]:
-    from ..runners.onnxrt import OnnxRuntimeRunner
-
     source = scratch / "model.onnx"
     shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
     calib = _calibration_files(calibration, scratch)
@@ -69,14 +70,13 @@ def _convert(fp32: Artifact, precisions: list[str], calibration: Dataset, io_typ
         try:
             onnx2tf.convert(
                 input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
-                not_use_onnxsim=True,  # edgekit's ONNX is simplified already; onnxsim is not installed
+                not_use_onnxsim=True,  # edgekit's ONNX is simplified already (onnxslim)
                 output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
                 output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
                 custom_input_op_name_np_data_path=calib, input_quant_dtype=io_type,
                 output_quant_dtype=io_type, non_verbose=True)
         except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
-            raise _conversion_error(err, log) from None
-    reference = OnnxRuntimeRunner(fp32.path, ["CPUExecutionProvider"])
+            raise _conversion_error(err, log, model) from None
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     artifacts = []
     for precision in precisions:
@@ -86,13 +86,8 @@ def _convert(fp32: Artifact, precisions: list[str], calibration: Dataset, io_typ
             raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
         path = workdir / f"model.{precision}.tflite"
         shutil.move(produced, path)
-        runner = LiteRTRunner(path, 1, reference.inputs, reference.outputs)
-        artifacts.append(Artifact(path, "tflite", kind, {
-            "made_by": made_by, "scheme": _scheme(precision, io_type, calibration),
-            "inputs": _io(runner.inputs, runner.interpreter.get_input_details(), reference.inputs,
-                          runner.input_transposes, "input"),
-            "outputs": _io(runner.outputs, runner.interpreter.get_output_details(), reference.outputs,
-                           runner.output_transposes, "output")}))
+        artifacts.append(Artifact(path, "tflite", kind, {"made_by": made_by,
+                                                         "scheme": _scheme(precision, io_type, calibration)}))
     return artifacts
 
 
@@ -105,7 +100,7 @@ def _check_operators(model) -> None:
     for node in model.graph.node:
         if not (ops / f"{node.op_type}.py").is_file():
             raise UserError(f"onnx2tf cannot lower operator {node.op_type} (node '{node.name}') to TFLite: "
-                            f"replace it in the model or build ONNX targets only")
+                            f"it has no conversion for it. {UNSUPPORTED_ADVICE}")
 
 
 def _calibration_files(calibration: Dataset, scratch: Path) -> list[list]:
@@ -148,35 +143,13 @@ def _scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any
     return {"mode": "float", "weights": "float16" if precision == "fp16" else "float32", "io_type": "float32"}
 
 
-def _io(specs, details, reference, perms, kind: str) -> list[dict[str, Any]]:
-    """What an app must do per tensor: the transpose (and, for integer I/O, the quantization) to apply.
-
-    TFLite tensor names do not keep the ONNX ones (outputs become 'Identity', 'PartitionedCall:0'):
-    tensors match the reference model's by position, recorded here with the TFLite name."""
-    records = []
-    for spec, detail, ref, perm in zip(specs, details, reference, perms):
-        record = {"name": spec.name, "tflite_name": detail["name"], "shape": list(spec.shape), "dtype": spec.dtype,
-                  "layout": spec.layout, "reference_shape": list(ref.shape), "reference_layout": ref.layout}
-        if perm:
-            record["transpose"] = perm if kind == "input" else inverse(perm)
-            record["transpose_note"] = (f"{ref.layout or 'reference'}->{spec.layout}: np.transpose(x, {perm}) before "
-                                        f"feeding" if kind == "input" else
-                                        f"{spec.layout}->{ref.layout or 'reference'}: np.transpose(y, "
-                                        f"{inverse(perm)}) after reading")
-        if spec.quantization:
-            record["quantization"] = spec.quantization
-            record["quantization_note"] = ("q = clip(round(x / scale) + zero_point)" if kind == "input"
-                                           else "x = (q - zero_point) * scale")
-        records.append(record)
-    return records
-
-
-def _conversion_error(err: BaseException, log: Path) -> UserError:
+def _conversion_error(err: BaseException, log: Path, model) -> UserError:
     node = getattr(err, "onnx_op_name", None)
-    where = f" at node '{node}'" if node else ""
-    detail = str(err).strip() or type(err).__name__
-    return UserError(f"onnx2tf could not convert the model to TFLite{where}: {detail.splitlines()[0]} "
-                     f"(last log line: {_tail(log)})")
+    op_type = next((n.op_type for n in model.graph.node if n.name == node), None)
+    where = f" operator {op_type} (node '{node}')" if op_type else f" node '{node}'" if node else " the model"
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else f"{type(err).__name__}; log: {_tail(log)}"
+    advice = UNSUPPORTED_ADVICE if node else "Pass --keep-going to ship the ONNX artifacts without TFLite"
+    return UserError(f"onnx2tf could not lower{where} to TFLite: {detail}. {advice}")
 
 
 def _tail(log: Path) -> str:
