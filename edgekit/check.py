@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import package
+from . import package, targets
 from .parity import ParityResult
 from .sources import sha256_file
 from .spec import TensorSpec
-from .targets import Runtime, Tolerance
+from .targets import Tolerance
 from .verify import verify
 
 
@@ -16,7 +16,7 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """One record per artifact (file, bytes, parity), every check recomputed, nothing read back; and the
     conversions the build recorded as failed (a release with a missing format does not pass)."""
     manifest = package.read_manifest(folder)
-    runtime = Runtime(**manifest["target"]["profile"]["runtime"])
+    runtime = targets.from_dict(manifest["target"]["profile"], str(folder)).runtime
     evidence_problem = _evidence_problem(folder, manifest)
     if evidence_problem is None:
         model_io = tuple([TensorSpec.from_dict(d) for d in manifest["model_io"][kind]] for kind in ("inputs", "outputs"))

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        "fp32 (default: all the target's)")
     build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
+    build.add_argument("--bench", action="store_true", default=None, help="also run `edgekit bench` on each "
+                       "target's artifacts before packaging")
+    _bench_flags(build)
     build.set_defaults(handler=_build)
 
     convert = commands.add_parser("convert", help="only the lowering: a model to TFLite files, with parity")
@@ -48,7 +51,17 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: the target's)")
     convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
                          "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
-    convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None)
+    convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
+                         bench=None)
+
+    bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
+    bench.add_argument("path", help="a build folder (every artifact, with on-target parity), or one "
+                       ".onnx / .tflite file (latency only, on random inputs, unless it is inside a build folder)")
+    bench.add_argument("--target", help="profile whose bench settings apply (default: the build's, else arm64)")
+    _bench_flags(bench)
+    bench.add_argument("--samples", type=int, help="held-out samples for on-target parity (default: all)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_bench)
 
     check = commands.add_parser("check", help="re-run the parity gate on a build folder (exit 0 only if all pass)")
     check.add_argument("folder", help="a folder written by `edgekit build`, e.g. build/arm64")
@@ -86,6 +99,13 @@ def _model_and_data_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def _bench_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--runner", help="native, docker, qemu or ssh://user@host[:port] (default: the target's)")
+    command.add_argument("--runs", type=int, help="timed runs (default: the target's)")
+    command.add_argument("--warmup", type=int, help="untimed runs first (default: the target's)")
+    command.add_argument("--threads", type=int, help="runtime threads (default: the target's)")
+
+
 def _shape(text: str) -> list[int]:
     try:
         dims = [int(part) for part in text.replace("x", ",").split(",")]
@@ -102,6 +122,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     given = {"model": args.model, "weights": args.weights, "targets": targets or None, "out": args.out,
              "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
              "keep_going": args.keep_going}
+    if args.bench:
+        given["bench"] = {k: v for k, v in {"runner": args.runner, "runs": args.runs, "warmup": args.warmup,
+                                            "threads": args.threads}.items() if v is not None}
     calibration = {"data": args.calib, "method": args.calib_method, "samples": args.calib_samples,
                    "random": args.random_calib, "exclude_nodes": args.exclude_node}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -136,7 +159,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
     from .pipeline import build
-    from .report import Progress, summary_table
+    from .report import Progress, bench_table, summary_table
 
     names = [p.name for p in profiles] if profiles else recipe.targets
     if not args.quiet:
@@ -149,6 +172,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         where = result.folder if result.folder else "not packaged: it failed (--keep-going packages anyway)"
         print(f"\n{result.target} -> {where}{reference}", file=sys.stderr)
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
+        if result.benchmarks:
+            print(bench_table(result.benchmarks), file=sys.stderr)
         if result.archive:
             print(f"archive: {result.archive}", file=sys.stderr)
     if args.json:
@@ -160,6 +185,32 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         print("warning: packaged although parity or a conversion failed (--keep-going); `edgekit check` will fail",
               file=sys.stderr)
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import package, targets
+    from .bench import bench_file, bench_folder
+    from .report import bench_table
+
+    path = Path(args.path)
+    folder = path if path.is_dir() else path.parent
+    in_build = (folder / package.MANIFEST).is_file()
+    if not path.exists():
+        raise UserError(f"{path} does not exist: give a build folder or an .onnx / .tflite file")
+    if in_build:
+        recorded = package.read_manifest(folder)["target"]["profile"]
+        target = targets.load(args.target) if args.target else targets.from_dict(recorded, str(folder))
+        records = bench_folder(folder, target, args.runner, args.runs, args.warmup, args.threads, args.samples,
+                               only=None if path.is_dir() else path.name)
+    else:
+        records = bench_file(path, targets.load(args.target or "arm64"), args.runner, args.runs, args.warmup,
+                             args.threads)
+    if args.json:
+        print(json.dumps(records, indent=2, default=str))
+    else:
+        print(bench_table(records))
+    on_target = [r["parity"]["passed"] for r in records if r["parity"]["passed"] is not None]
+    return 0 if all(on_target) else 1
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ class TargetResult:
     manifest: dict[str, Any]
     folder: Path | None  # None when the build failed parity and was not packaged
     archive: Path | None
+    benchmarks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -84,12 +85,24 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         try:
             with package.staging(out / target.name) as folder:
                 manifest = _build_target(shared, target, folder, progress)
+                benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
                 if not all_passed(manifest) and not recipe.keep_going:
                     raise ParityFailed(manifest)
-            results.append(TargetResult(target.name, manifest, out / target.name, package.archive(out / target.name)))
+            published = out / target.name
+            results.append(TargetResult(target.name, package.read_manifest(published), published,
+                                        package.archive(published), benchmarks))
         except ParityFailed as failure:
             results.append(TargetResult(target.name, failure.manifest, None, None))
     return results
+
+
+def _bench(request, target: Target, folder: Path, progress: Progress) -> list[dict[str, Any]]:
+    from .bench import bench_folder
+
+    runner = request.runner or target.bench.runner
+    with progress.step(f"[{target.name}] bench on {runner}"):
+        return bench_folder(folder, target, request.runner, request.runs, request.warmup, request.threads,
+                            request.samples)
 
 
 def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -40,6 +40,16 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class BenchRequest:
+    """`build --bench`: run the benchmark as a build step (None fields: the target's settings)."""
+    runner: str | None = None
+    runs: int | None = None
+    warmup: int | None = None
+    threads: int | None = None
+    samples: int | None = None  # held-out samples for on-target parity (default: all)
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: str | None = None  # None: the bundled example
     weights: str | None = None
@@ -52,6 +62,7 @@ class Recipe:
     preprocess: Preprocess | None = None  # None: not declared (image folders then use the defaults)
     labels: list[str] | None = None
     keep_going: bool = False  # package even when an artifact fails parity
+    bench: BenchRequest | None = None  # benchmark each target's artifacts before packaging
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

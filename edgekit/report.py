@@ -64,3 +64,24 @@ def _number(value: Any, pattern: str) -> str:
     if isinstance(value, str):  # "inf" from JSON
         return value
     return pattern.format(value)
+
+
+def bench_table(records: list[dict[str, Any]]) -> str:
+    """Latency and on-target parity per artifact, beside host parity; where it ran is spelled out."""
+    header = ["artifact", "runner", "p50 ms", "p90 ms", "p99 ms", "mean ms", "load ms", "peak MB",
+              "host parity", "on-target parity"]
+    rows = [header]
+    for r in records:
+        latency, host = r["latency_ms"], r["host_parity"]
+        on_target = r["parity"]
+        rows.append([r["file"], f"{r['runner']} ({r['kind']})", *(f"{latency[k]:.3f}" for k in ("p50", "p90", "p99", "mean")),
+                     f"{r['load_ms']:.0f}", f"{r['peak_rss_mb']:.0f}",
+                     "-" if host is None else "pass" if host["passed"] else "FAIL",
+                     "not computed" if on_target["passed"] is None else "pass" if on_target["passed"] else "FAIL"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += sorted({f"  {r['runner']}: {r['where']}; {r['runtime'].get('name')} {r['runtime'].get('version')}, "
+                     f"{r['runtime'].get('used')}, {r['threads']} thread(s), {r['runs']} runs after {r['warmup']} "
+                     f"warm-up" for r in records})
+    lines += [f"  {r['file']} on {r['runner']}: {problem}" for r in records for problem in r["parity"].get("failures", [])]
+    return "\n".join(lines)

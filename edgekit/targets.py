@@ -62,6 +62,15 @@ class TFLite:
 
 
 @dataclass(frozen=True)
+class Bench:
+    """How `edgekit bench` and `build --bench` measure this target."""
+    arch: Literal["arm64", "x86_64"] = "x86_64"  # which machine the docker/qemu runners emulate
+    runner: str = "native"  # native | docker | qemu | ssh://user@host[:port]
+    runs: int = 50
+    warmup: int = 5
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -71,6 +80,7 @@ class Target:
     quantization: Quantization = field(default_factory=Quantization)
     tflite: TFLite = field(default_factory=TFLite)
     runtime: Runtime = field(default_factory=Runtime)
+    bench: Bench = field(default_factory=Bench)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
     extends: str | None = None
     source: str = ""
@@ -92,6 +102,11 @@ def load(name_or_path: str) -> Target:
     if "name" not in data:
         data["name"] = Path(source).stem
     return schema.build(Target, {**data, "source": source}, where=source)
+
+
+def from_dict(data: dict, where: str) -> Target:
+    """A profile as recorded in a manifest."""
+    return schema.build(Target, data, where)
 
 
 def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,8 @@ import pytest
 from edgekit.cli import main
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 
 
 def run_cli(*args: str) -> int:
@@ -35,6 +40,26 @@ def example_build(tmp_path_factory) -> Path:
     return out
 
 
+def build_env(script: str, *args: str) -> None:
+    """Run one of the tools/ scripts that set up emulation (cached: seconds when already done)."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("the emulation tools target x86_64 Linux hosts")
+    if os.geteuid() != 0 and not shutil.which("qemu-aarch64-static"):
+        pytest.skip("needs root (apt-get install qemu-user-static debootstrap) or those tools installed")
+    done = subprocess.run(["bash", str(ROOT / "tools" / script), *args], capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 @pytest.fixture(scope="session")
-def factory_file() -> str:
-    return f"{TESTS / 'models.py'}"
+def arm64_python():
+    build_env("arm64_rootfs.sh")
+    return [str(CACHE / "arm64" / "python3")]
+
+
+@pytest.fixture(scope="session")
+def arm64_image():
+    build_env("docker_images.sh", "arm64")
+    return "edgekit-arm64"
+
+

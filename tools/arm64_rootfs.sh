@@ -2,7 +2,8 @@
 # Build, once, an arm64 Debian bookworm root filesystem with Python 3.11, numpy, onnxruntime and
 # ai-edge-litert, to run edgekit artifacts (and edgekit/device/runner.py) on emulated arm64:
 #
-#   qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3 edgekit/device/runner.py MODEL ...
+#   $CACHE/arm64/python3 edgekit/device/runner.py MODEL ...
+#   (= QEMU_CPU=cortex-a76 qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3 ...)
 #
 # Every step is cached under ${EDGEKIT_CACHE:-~/.cache/edgekit}/arm64 and skipped when done, so a
 # second run only verifies. Needs root for apt-get (only when debootstrap/qemu-user-static are missing).
@@ -90,8 +91,19 @@ EOF
     } >"$ROOTFS/proc/cpuinfo"
 }
 
+write_wrapper() {
+    # QEMU's default "max" CPU advertises SME; XNNPACK then runs SME int8 kernels that QEMU 7.2
+    # computes wrongly (every sample gives the same output). Emulate the CPU the cpuinfo describes.
+    cat >"$CACHE/python3" <<EOF
+#!/bin/sh
+# Python 3.11 on emulated arm64 (made by edgekit tools/arm64_rootfs.sh)
+QEMU_CPU=\${QEMU_CPU:-cortex-a76} exec qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" "\$@"
+EOF
+    chmod +x "$CACHE/python3"
+}
+
 verify() {
-    local py=(qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3")
+    local py=("$CACHE/python3")
     "${py[@]}" -c "import platform, numpy, onnxruntime as ort
 print(platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', ort.__version__, ort.get_available_providers())" >&2
     "${py[@]}" -c "import ai_edge_litert, ai_edge_litert.interpreter as li
@@ -103,5 +115,6 @@ make_rootfs
 download_wheels
 install_wheels
 write_cpuinfo
+write_wrapper
 verify
 echo "$ROOTFS"

@@ -175,6 +175,14 @@ def timed(fn, *args):
 
 
 def peak_rss_mb():
+    # VmHWM starts afresh at exec; ru_maxrss keeps the peak of the process we were forked from.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 

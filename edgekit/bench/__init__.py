@@ -1,0 +1,108 @@
+"""`edgekit bench`: latency and on-target parity of build artifacts, wherever the device runner runs.
+
+Each artifact is run by edgekit/device/runner.py on the chosen host with the build's held-out inputs;
+its outputs are compared with the reference exactly like host parity, and its timings are recorded
+with where they were measured. Emulated timings are labeled so wherever they appear.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import package
+from ..errors import UserError
+from ..parity import compare
+from ..targets import Target, Tolerance
+from .hosts import RUNNER, Host, make_host
+
+
+def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
+                 threads: int | None, samples: int | None, only: str | None = None) -> list[dict[str, Any]]:
+    """Bench every artifact of a build folder (or only the file named `only`); results go into its manifest."""
+    manifest = package.read_manifest(folder)
+    host = make_host(runner or target.bench.runner, target.bench.arch)
+    names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
+    inputs, labels, reference = package.read_parity_data(folder, names)
+    count = min(samples or len(labels if labels is not None else next(iter(inputs.values()))),
+                len(next(iter(inputs.values()))))
+    inputs = {k: v[:count] for k, v in inputs.items()}
+    reference = {k: v[:count] for k, v in reference.items()}
+    labels = None if labels is None else labels[:count]
+    entries = [e for e in manifest["artifacts"] if only in (None, e["file"])]
+    if not entries:
+        raise UserError(f"{folder} has no artifact named {only} in its manifest")
+    settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
+                "threads": threads or target.runtime.threads,
+                "providers": target.runtime.onnxruntime_providers}
+    records = []
+    for entry in entries:
+        report, outputs = _run(host, folder / entry["file"], inputs, settings)
+        parity = compare(reference, outputs, Tolerance(**entry["tolerance"]), labels)
+        record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
+        entry["benchmarks"] = [b for b in entry.get("benchmarks", []) if b["runner"] != host.name] + [record]
+        records.append({"file": entry["file"], "host_parity": entry["parity"], **record})
+    _rewrite_manifest(folder, manifest)
+    return records
+
+
+def bench_file(path: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
+               threads: int | None) -> list[dict[str, Any]]:
+    """Latency of a lone artifact on random inputs; parity needs a build folder's reference outputs."""
+    from ..runners import open_runner
+
+    formats = {".onnx": "onnx", ".tflite": "tflite"}
+    if path.suffix not in formats:
+        raise UserError(f"{path} is neither a build folder nor an .onnx / .tflite artifact")
+    try:
+        specs = open_runner(path, formats[path.suffix], target.runtime).inputs
+    except Exception as err:
+        raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    rng = np.random.default_rng(0)
+    inputs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in specs}
+    host = make_host(runner or target.bench.runner, target.bench.arch)
+    settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
+                "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers}
+    report, _ = _run(host, path, inputs, settings)
+    parity = {"passed": None, "error": "not computed: bench a build folder for on-target parity"}
+    return [{"file": path.name, "host_parity": None, **_record(host, report, settings, parity)}]
+
+
+def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any]):
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
+        workdir = Path(scratch)
+        shutil.copyfile(RUNNER, workdir / "runner.py")
+        shutil.copyfile(artifact, workdir / artifact.name)
+        np.savez(workdir / "inputs.npz", **inputs)
+        args = [artifact.name, "--inputs", "inputs.npz", "--out", "result.npz", "--json", "result.json",
+                "--threads", str(settings["threads"]), "--warmup", str(settings["warmup"]),
+                "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"])]
+        # Emulation is two to three orders of magnitude slower than native: allow for it.
+        host.run(workdir, args, timeout=1800)
+        report = json.loads((workdir / "result.json").read_text())
+        with np.load(workdir / "result.npz") as archive:
+            outputs = {name: archive[name] for name in archive.files}
+    return report, outputs
+
+
+def _record(host: Host, report: dict[str, Any], settings: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
+    from ..device.runner import machine_info
+
+    return {"runner": host.name, "kind": host.kind, "where": host.label(machine_info()["cpu_model"] or "unknown CPU"),
+            "machine": report["machine"], "runtime": report["runtime"], "threads": settings["threads"],
+            "warmup": settings["warmup"], "runs": settings["runs"], "samples": report["samples"],
+            "latency_ms": report["latency_ms"], "load_ms": report["load_ms"],
+            "first_run_ms": report["first_run_ms"], "peak_rss_mb": report["peak_rss_mb"], "parity": parity}
+
+
+def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Replace manifest.json in one step, and refresh the folder's archive if it has one."""
+    partial = folder / f".{package.MANIFEST}.partial"
+    package.write_json(partial, manifest)
+    partial.replace(folder / package.MANIFEST)
+    if (folder.parent / f"{folder.name}.tar.gz").exists():
+        package.archive(folder)

@@ -1,0 +1,143 @@
+"""Where a benchmark runs: this machine, emulated arm64 (QEMU user mode or a Docker image), or a device over SSH.
+
+Every host runs the same file, edgekit/device/runner.py, in a folder holding the runner, the artifact
+and the inputs; the runner leaves result.npz and result.json there.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from ..errors import UserError
+
+CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+RUNNER = Path(__file__).resolve().parents[1] / "device" / "runner.py"
+
+
+class Host(ABC):
+    kind: str  # "native", "emulated" or "device": how far its timings can be trusted
+    name: str  # the --runner value
+
+    @abstractmethod
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        """Run `python runner.py ARGS` with `workdir`'s files; the results end up in `workdir`."""
+
+    def label(self, host_cpu: str) -> str:
+        return f"native on this machine ({host_cpu})"
+
+
+class NativeHost(Host):
+    kind, name = "native", "native"
+
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        _call([sys.executable, "runner.py", *args], workdir, timeout)
+
+
+class QemuHost(Host):
+    """arm64 Python under qemu-aarch64-static, from the root filesystem tools/arm64_rootfs.sh makes."""
+    kind, name = "emulated", "qemu"
+
+    def __init__(self, arch: str):
+        if arch != "arm64":
+            raise UserError(f"the qemu runner emulates arm64 only, not {arch}: use --runner native or docker")
+        self.python = CACHE / "arm64" / "python3"
+        if not self.python.is_file():
+            raise UserError(f"no emulated arm64 Python at {self.python}: run tools/arm64_rootfs.sh once "
+                            f"(it installs qemu-user-static and makes an arm64 root filesystem)")
+
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        _call([str(self.python), "runner.py", *args], workdir, timeout)
+
+    def label(self, host_cpu: str) -> str:
+        cpu = os.environ.get("QEMU_CPU", "cortex-a76")
+        return f"emulated arm64 (QEMU user mode, {cpu}) on {host_cpu}: not device latency"
+
+
+class DockerHost(Host):
+    """The edgekit-<arch> image from tools/docker_images.sh; arm64 runs through binfmt + QEMU."""
+    kind, name = "emulated", "docker"
+
+    def __init__(self, arch: str):
+        self.arch, self.image = arch, f"edgekit-{arch}"
+        self.kind = "emulated" if arch == "arm64" else "native"
+        found = subprocess.run(["docker", "image", "inspect", self.image], capture_output=True)
+        if found.returncode:
+            raise UserError(f"Docker image {self.image} is not built (or no Docker engine runs): "
+                            f"run tools/docker_images.sh {arch}")
+
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        platform = {"arm64": "linux/arm64", "x86_64": "linux/amd64"}[self.arch]
+        mounts = ["-v", f"{workdir}:/work"]
+        if self.arch == "arm64":  # onnxruntime reads /proc/cpuinfo and crashes on the host's x86 one
+            mounts += ["-v", f"{CACHE / 'arm64' / 'rootfs' / 'proc' / 'cpuinfo'}:/proc/cpuinfo:ro"]
+        user = ["--user", f"{os.getuid()}:{os.getgid()}"]
+        _call(["docker", "run", "--rm", "--pull", "never", "--platform", platform, *user, *mounts, "-w", "/work",
+               self.image, "python3", "runner.py", *args], workdir, timeout)
+
+    def label(self, host_cpu: str) -> str:
+        if self.arch == "arm64":
+            return f"emulated arm64 (Docker {self.image}, QEMU cortex-a76) on {host_cpu}: not device latency"
+        return f"native in Docker {self.image} on this machine ({host_cpu})"
+
+
+class SshHost(Host):
+    """A real device: copy the files over, run them with the device's own python3, fetch the results."""
+    kind = "device"
+
+    def __init__(self, address: str):
+        self.name = address
+        self.destination, _, self.port = address.removeprefix("ssh://").partition(":")
+        if not self.destination:
+            raise UserError(f"'{address}' names no host: write ssh://user@host[:port]")
+        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+
+    def _ssh(self, command: str, timeout: float) -> None:
+        port = ["-p", self.port] if self.port else []
+        _call(["ssh", *self.options, *port, self.destination, command], None, timeout)
+
+    def _scp(self, sources: list[str], target: str, timeout: float) -> None:
+        port = ["-P", self.port] if self.port else []
+        _call(["scp", "-q", *self.options, *port, *sources, target], None, timeout)
+
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        remote = f"/tmp/edgekit-bench-{uuid.uuid4().hex[:8]}"
+        self._ssh(f"mkdir -p {remote}", 60)
+        try:
+            self._scp([str(p) for p in sorted(workdir.iterdir())], f"{self.destination}:{remote}/", timeout)
+            self._ssh(f"cd {remote} && python3 runner.py {shlex.join(args)}", timeout)
+            self._scp([f"{self.destination}:{remote}/result.npz", f"{self.destination}:{remote}/result.json"],
+                      str(workdir), timeout)
+        finally:
+            self._ssh(f"rm -rf {remote}", 60)
+
+    def label(self, host_cpu: str) -> str:
+        return f"device {self.destination} over SSH"
+
+
+def make_host(runner: str, arch: str) -> Host:
+    if runner == "native":
+        return NativeHost()
+    if runner == "qemu":
+        return QemuHost(arch)
+    if runner == "docker":
+        return DockerHost(arch)
+    if runner.startswith("ssh://"):
+        return SshHost(runner)
+    raise UserError(f"unknown runner '{runner}': use native, docker, qemu or ssh://user@host")
+
+
+def _call(command: list[str], cwd: Path | None, timeout: float) -> None:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise UserError(f"'{command[0]}' is not installed or not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{command[0]} took longer than {timeout:.0f} s: lower --runs or --samples") from None
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise UserError(f"the device runner failed ({' '.join(command[:3])} ...): {' | '.join(tail)}")

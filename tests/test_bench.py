@@ -1,0 +1,107 @@
+"""`edgekit bench` and `build --bench`: latency percentiles and on-target parity, natively and on emulated arm64."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from conftest import read_manifest, run_cli
+
+INT8_ARTIFACTS = ["model.int8.onnx", "model.int8.tflite"]
+
+
+def bench_json(capsys, *args) -> tuple[int, list[dict]]:
+    capsys.readouterr()
+    code = run_cli("bench", *args, "--json")
+    return code, json.loads(capsys.readouterr().out)
+
+
+def assert_latency(record):
+    latency = record["latency_ms"]
+    assert set(latency) == {"p50", "p90", "p99", "mean", "min"}
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"]
+    assert record["load_ms"] > 0 and record["first_run_ms"] > 0 and record["peak_rss_mb"] > 0
+
+
+def test_native_bench_of_every_artifact_with_on_target_parity(example_build, tmp_path, capsys):
+    folder = tmp_path / "x86_64"
+    shutil.copytree(example_build / "x86_64", folder)
+    shutil.copy(example_build / "x86_64.tar.gz", tmp_path)
+    code, records = bench_json(capsys, folder, "--runner", "native", "--runs", "20", "--warmup", "2")
+    assert code == 0
+    assert [r["file"] for r in records] == ["model.fp32.onnx", "model.int8.onnx"]
+    for record in records:
+        assert_latency(record)
+        assert record["kind"] == "native" and record["where"].startswith("native on this machine")
+        assert record["runs"] == 20 and record["threads"] == 1 and record["samples"] == 360
+        assert record["runtime"]["name"] == "onnxruntime" and record["machine"]["isa"]
+        assert record["parity"]["passed"] and record["parity"]["accuracy"] >= 99.0
+    manifest = read_manifest(folder)
+    assert [b["runner"] for b in manifest["artifacts"][0]["benchmarks"]] == ["native"]
+    with tarfile.open(tmp_path / "x86_64.tar.gz") as tar:  # the archive carries the updated manifest
+        archived = json.load(tar.extractfile("x86_64/manifest.json"))
+    assert archived["artifacts"][1]["benchmarks"][0]["latency_ms"] == records[1]["latency_ms"]
+    assert run_cli("check", folder) == 0
+
+
+def test_lone_artifact_gets_latency_without_a_parity_claim(example_build, tmp_path, capsys):
+    artifact = tmp_path / "model.int8.tflite"
+    shutil.copy(example_build / "arm64" / "model.int8.tflite", artifact)
+    code, (record,) = bench_json(capsys, artifact, "--runner", "native", "--runs", "5")
+    assert code == 0
+    assert_latency(record)
+    assert record["parity"]["passed"] is None and "not computed" in record["parity"]["error"]
+    assert record["runtime"]["name"] == "ai_edge_litert"
+
+
+def test_build_with_bench_reports_host_and_on_target_parity(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("build", "--target", "x86_64", "--bench", "--runs", "5", "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "host parity  on-target parity" in err
+    for artifact in read_manifest(out / "x86_64")["artifacts"]:
+        (record,) = artifact["benchmarks"]
+        assert record["parity"]["passed"] and record["kind"] == "native"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--runner", "ftp://device"], ["unknown runner 'ftp://device'"]),
+    (["--runner", "qemu", "--target", "x86_64"], ["emulates arm64 only"]),
+])
+def test_bench_errors(example_build, capsys, args, words):
+    capsys.readouterr()
+    assert run_cli("bench", example_build / "x86_64", *args) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words) and "Traceback" not in err
+
+
+def test_bench_of_a_missing_path(tmp_path, capsys):
+    assert run_cli("bench", tmp_path / "nothing.onnx") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.emulated
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["qemu", "docker"])
+def test_int8_artifacts_on_emulated_arm64(example_build, tmp_path, capsys, runner, request):
+    request.getfixturevalue("arm64_python" if runner == "qemu" else "arm64_image")
+    folder = tmp_path / "arm64"
+    shutil.copytree(example_build / "arm64", folder)
+    for name in INT8_ARTIFACTS:
+        code, (record,) = bench_json(capsys, folder / name, "--runner", runner, "--samples", "48", "--runs", "10",
+                                     "--warmup", "2")
+        assert code == 0, record["parity"]
+        assert record["kind"] == "emulated" and "emulated arm64" in record["where"]
+        assert "not device latency" in record["where"]
+        assert record["machine"]["machine"] == "aarch64" and record["machine"]["isa"]["asimd"]
+        assert record["samples"] == 48
+        assert_latency(record)
+        parity = record["parity"]
+        assert parity["passed"] and parity["reference_accuracy"] - parity["accuracy"] <= 1.0
+        assert parity["outputs"]["output"]["top1_agreement"] >= 0.97
+    capsys.readouterr()
+    assert run_cli("bench", folder / "model.int8.onnx", "--runner", runner, "--samples", "16", "--runs", "3") == 0
+    table = capsys.readouterr().out
+    assert f"{runner} (emulated)" in table and "not device latency" in table
