@@ -68,6 +68,7 @@ class Bench:
     runner: str = "native"  # native | docker | qemu | ssh://user@host[:port]
     runs: int = 50
     warmup: int = 5
+    remote_python: str = "python3"  # the device's Python for ssh:// runners (needs numpy and the runtime)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,45 @@ def arm64_image():
     return "edgekit-arm64"
 
 
+
+
+@pytest.fixture(scope="session")
+def ssh_device(tmp_path_factory):
+    """An SSH server on 127.0.0.1 standing in for a device: the ssh:// runner's copy-run-fetch path, for real."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists():
+        if os.geteuid() != 0:
+            pytest.skip("needs an OpenSSH server (apt-get install openssh-server) or root to install it")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], capture_output=True, check=True)
+    folder = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
+    port = 20000 + os.getpid() % 20000
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\nStrictModes no\n"
+        f"UsePAM no\nPidFile {folder / 'sshd.pid'}\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.PIPE)
+    options = f"-i {folder / 'client_key'} -o UserKnownHostsFile={folder / 'known_hosts'}"
+    previous = os.environ.get("EDGEKIT_SSH_OPTIONS")
+    os.environ["EDGEKIT_SSH_OPTIONS"] = options
+    try:
+        for _ in range(50):
+            probe = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                                    *options.split(), "-p", str(port), f"{os.environ.get('USER', 'root')}@127.0.0.1",
+                                    "true"], capture_output=True)
+            if probe.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.skip(f"the test SSH server did not accept a login: {probe.stderr.decode()[-300:]}")
+        yield f"ssh://{os.environ.get('USER', 'root')}@127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+        if previous is None:
+            os.environ.pop("EDGEKIT_SSH_OPTIONS", None)
+        else:
+            os.environ["EDGEKIT_SSH_OPTIONS"] = previous

@@ -4,23 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekit.example.model import IMAGENET_SETTINGS, MobileNetV2Style
+from edgekit.example.model import make_mobilenet_v2
 
 
 def mobilenet_v2() -> nn.Module:
-    """Full-size MobileNetV2 (about 3.5 M parameters, 224x224 RGB input), random weights.
-
-    BatchNorm statistics are estimated on random images so activations keep a realistic scale through
-    the network (with default statistics they shrink to ~1e-13 and any parity check passes trivially).
-    """
-    torch.manual_seed(0)
-    model = MobileNetV2Style(in_channels=3, num_classes=1000, stem=32, settings=IMAGENET_SETTINGS,
-                             last_channels=1280, stem_stride=2, dropout=0.2)
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(8, 3, 224, 224))
-    return model.eval()
+    return make_mobilenet_v2()
 
 
 class BasicBlock(nn.Module):

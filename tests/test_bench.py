@@ -105,3 +105,20 @@ def test_int8_artifacts_on_emulated_arm64(example_build, tmp_path, capsys, runne
     assert run_cli("bench", folder / "model.int8.onnx", "--runner", runner, "--samples", "16", "--runs", "3") == 0
     table = capsys.readouterr().out
     assert f"{runner} (emulated)" in table and "not device latency" in table
+
+
+def test_ssh_runner_copies_runs_and_fetches(example_build, tmp_path, capsys, ssh_device):
+    """A host reached over SSH (here this machine's own sshd) with the device's Python from the profile."""
+    import sys
+
+    profile = tmp_path / "board.yaml"
+    profile.write_text(f"extends: x86_64\ndescription: a board over SSH\n"
+                       f"bench: {{runner: '{ssh_device}', remote_python: '{sys.executable}', runs: 5}}\n")
+    folder = tmp_path / "x86_64"
+    shutil.copytree(example_build / "x86_64", folder)
+    code, records = bench_json(capsys, folder, "--target", profile, "--samples", "32")
+    assert code == 0
+    for record in records:
+        assert record["runner"] == ssh_device and record["kind"] == "device"
+        assert record["where"].startswith("device ") and record["parity"]["passed"]
+        assert_latency(record)

@@ -25,7 +25,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
                  threads: int | None, samples: int | None, only: str | None = None) -> list[dict[str, Any]]:
     """Bench every artifact of a build folder (or only the file named `only`); results go into its manifest."""
     manifest = package.read_manifest(folder)
-    host = make_host(runner or target.bench.runner, target.bench.arch)
+    host = make_host(runner or target.bench.runner, target.bench)
     names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
     inputs, labels, reference = package.read_parity_data(folder, names)
     count = min(samples or len(labels if labels is not None else next(iter(inputs.values()))),
@@ -64,7 +64,7 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
         raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
     rng = np.random.default_rng(0)
     inputs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in specs}
-    host = make_host(runner or target.bench.runner, target.bench.arch)
+    host = make_host(runner or target.bench.runner, target.bench)
     settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
                 "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers}
     report, _ = _run(host, path, inputs, settings)

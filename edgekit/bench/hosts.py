@@ -5,15 +5,18 @@ and the inputs; the runner leaves result.npz and result.json there.
 """
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ..errors import UserError
+from ..targets import Bench
 
 CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 RUNNER = Path(__file__).resolve().parents[1] / "device" / "runner.py"
@@ -86,32 +89,35 @@ class DockerHost(Host):
 
 
 class SshHost(Host):
-    """A real device: copy the files over, run them with the device's own python3, fetch the results."""
+    """A real device: copy the files over, run them with the device's own Python, fetch the results."""
     kind = "device"
 
-    def __init__(self, address: str):
-        self.name = address
+    def __init__(self, address: str, python: str):
+        self.name, self.python = address, python
         self.destination, _, self.port = address.removeprefix("ssh://").partition(":")
         if not self.destination:
             raise UserError(f"'{address}' names no host: write ssh://user@host[:port]")
-        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+        # Keys, jump hosts and the like come from ~/.ssh/config or EDGEKIT_SSH_OPTIONS ("-i KEY -J HOST").
+        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                        *shlex.split(os.environ.get("EDGEKIT_SSH_OPTIONS", ""))]
 
-    def _ssh(self, command: str, timeout: float) -> None:
+    def _ssh(self, command: str, timeout: float, send: bytes | None = None) -> bytes:
         port = ["-p", self.port] if self.port else []
-        _call(["ssh", *self.options, *port, self.destination, command], None, timeout)
-
-    def _scp(self, sources: list[str], target: str, timeout: float) -> None:
-        port = ["-P", self.port] if self.port else []
-        _call(["scp", "-q", *self.options, *port, *sources, target], None, timeout)
+        return _call(["ssh", *self.options, *port, self.destination, command], None, timeout, send)
 
     def run(self, workdir: Path, args: list[str], timeout: float) -> None:
+        # Files travel as tar streams over ssh: works where scp/sftp are missing (BusyBox, Dropbear).
         remote = f"/tmp/edgekit-bench-{uuid.uuid4().hex[:8]}"
-        self._ssh(f"mkdir -p {remote}", 60)
+        bundle = io.BytesIO()
+        with tarfile.open(fileobj=bundle, mode="w") as tar:
+            for path in sorted(workdir.iterdir()):
+                tar.add(path, arcname=path.name)
         try:
-            self._scp([str(p) for p in sorted(workdir.iterdir())], f"{self.destination}:{remote}/", timeout)
-            self._ssh(f"cd {remote} && python3 runner.py {shlex.join(args)}", timeout)
-            self._scp([f"{self.destination}:{remote}/result.npz", f"{self.destination}:{remote}/result.json"],
-                      str(workdir), timeout)
+            self._ssh(f"mkdir -p {remote} && tar -xf - -C {remote}", timeout, bundle.getvalue())
+            self._ssh(f"cd {remote} && {shlex.quote(self.python)} runner.py {shlex.join(args)}", timeout)
+            results = self._ssh(f"tar -cf - -C {remote} result.npz result.json", timeout)
+            with tarfile.open(fileobj=io.BytesIO(results)) as tar:
+                tar.extractall(workdir, filter="data")
         finally:
             self._ssh(f"rm -rf {remote}", 60)
 
@@ -119,25 +125,27 @@ class SshHost(Host):
         return f"device {self.destination} over SSH"
 
 
-def make_host(runner: str, arch: str) -> Host:
+def make_host(runner: str, settings: Bench) -> Host:
     if runner == "native":
         return NativeHost()
     if runner == "qemu":
-        return QemuHost(arch)
+        return QemuHost(settings.arch)
     if runner == "docker":
-        return DockerHost(arch)
+        return DockerHost(settings.arch)
     if runner.startswith("ssh://"):
-        return SshHost(runner)
+        return SshHost(runner, settings.remote_python)
     raise UserError(f"unknown runner '{runner}': use native, docker, qemu or ssh://user@host")
 
 
-def _call(command: list[str], cwd: Path | None, timeout: float) -> None:
+def _call(command: list[str], cwd: Path | None, timeout: float, send: bytes | None = None) -> bytes:
+    """Run a command to completion; its stdout, or a UserError with the end of what it printed."""
     try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=cwd, input=send, capture_output=True, timeout=timeout)
     except FileNotFoundError:
         raise UserError(f"'{command[0]}' is not installed or not on PATH") from None
     except subprocess.TimeoutExpired:
         raise UserError(f"{command[0]} took longer than {timeout:.0f} s: lower --runs or --samples") from None
     if done.returncode:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-3:]
         raise UserError(f"the device runner failed ({' '.join(command[:3])} ...): {' | '.join(tail)}")
+    return done.stdout

@@ -67,3 +67,19 @@ class MobileNetV2Style(nn.Module):
 def make_model() -> MobileNetV2Style:
     """Factory used by `edgekit build` for the bundled example (`edgekit.example.model:make_model`)."""
     return MobileNetV2Style()
+
+
+def make_mobilenet_v2() -> MobileNetV2Style:
+    """Full-size MobileNetV2 (3.5 M parameters, 224x224 RGB) with random weights, for tests and benchmarks.
+
+    BatchNorm statistics are estimated on random images so activations keep a realistic scale through
+    the network (with default statistics they shrink to ~1e-13 and any parity check passes trivially).
+    """
+    torch.manual_seed(0)
+    model = MobileNetV2Style(in_channels=3, num_classes=1000, stem=32, settings=IMAGENET_SETTINGS,
+                             last_channels=1280, stem_stride=2, dropout=0.2)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 224, 224))
+    return model.eval()
