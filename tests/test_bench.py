@@ -122,3 +122,22 @@ def test_ssh_runner_copies_runs_and_fetches(example_build, tmp_path, capsys, ssh
         assert record["runner"] == ssh_device and record["kind"] == "device"
         assert record["where"].startswith("device ") and record["parity"]["passed"]
         assert_latency(record)
+
+
+def test_unreachable_ssh_host_names_the_fix(example_build, capsys):
+    capsys.readouterr()
+    assert run_cli("bench", example_build / "x86_64", "--runner", "ssh://nobody@127.0.0.1:1", "--runs", "1") == 2
+    err = capsys.readouterr().err
+    assert "cannot reach nobody@127.0.0.1 over SSH" in err and "ssh -p 1 nobody@127.0.0.1 true" in err
+
+
+def test_missing_emulation_setup_names_the_command(example_build, capsys, monkeypatch, tmp_path):
+    from edgekit.bench import hosts
+
+    monkeypatch.setattr(hosts, "CACHE", tmp_path / "empty-cache")
+    capsys.readouterr()
+    assert run_cli("bench", example_build / "arm64", "--runner", "qemu") == 2
+    assert "run tools/arm64_rootfs.sh" in capsys.readouterr().err
+    monkeypatch.setattr(hosts.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 1})())
+    assert run_cli("bench", example_build / "arm64", "--runner", "docker") == 2
+    assert "run tools/docker_images.sh arm64" in capsys.readouterr().err

@@ -68,7 +68,11 @@ class DockerHost(Host):
     def __init__(self, arch: str):
         self.arch, self.image = arch, f"edgekit-{arch}"
         self.kind = "emulated" if arch == "arm64" else "native"
-        found = subprocess.run(["docker", "image", "inspect", self.image], capture_output=True)
+        try:
+            found = subprocess.run(["docker", "image", "inspect", self.image], capture_output=True)
+        except FileNotFoundError:
+            raise UserError(f"Docker is not installed: run tools/docker_images.sh {arch} (as root it installs "
+                            f"docker.io, starts dockerd and builds {self.image})") from None
         if found.returncode:
             raise UserError(f"Docker image {self.image} is not built (or no Docker engine runs): "
                             f"run tools/docker_images.sh {arch}")
@@ -112,6 +116,13 @@ class SshHost(Host):
         with tarfile.open(fileobj=bundle, mode="w") as tar:
             for path in sorted(workdir.iterdir()):
                 tar.add(path, arcname=path.name)
+        try:
+            self._ssh("true", 60)
+        except UserError as err:
+            port = f" -p {self.port}" if self.port else ""
+            raise UserError(f"cannot reach {self.destination} over SSH ({str(err).rpartition('): ')[2]}): "
+                            f"make `ssh{port} {self.destination} true` work without a password (keys in "
+                            f"~/.ssh/config or EDGEKIT_SSH_OPTIONS='-i KEY')") from None
         try:
             self._ssh(f"mkdir -p {remote} && tar -xf - -C {remote}", timeout, bundle.getvalue())
             self._ssh(f"cd {remote} && {shlex.quote(self.python)} runner.py {shlex.join(args)}", timeout)
