@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                        "fp32 (default: all the target's)")
     build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
+    build.add_argument("--require-gpu", action="store_true", default=None, help="fail (exit 2) instead of "
+                       "skipping the GPU steps of a GPU target when no usable GPU stack is installed")
     build.add_argument("--bench", action="store_true", default=None, help="also run `edgekit bench` on each "
                        "target's artifacts before packaging")
     _bench_flags(build)
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
                          "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
     convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
-                         bench=None)
+                         bench=None, require_gpu=None)
 
     bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
     bench.add_argument("path", help="a build folder (every artifact, with on-target parity), or one "
@@ -121,7 +123,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     targets = [t.strip() for value in args.target or [] for t in value.split(",") if t.strip()]
     given = {"model": args.model, "weights": args.weights, "targets": targets or None, "out": args.out,
              "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
-             "keep_going": args.keep_going}
+             "keep_going": args.keep_going, "require_gpu": args.require_gpu}
     if args.bench:
         given["bench"] = {k: v for k, v in {"runner": args.runner, "runs": args.runs, "warmup": args.warmup,
                                             "threads": args.threads}.items() if v is not None}
@@ -152,8 +154,7 @@ def _convert(args: argparse.Namespace) -> int:
     precisions = [p.strip() for p in args.precision.split(",")] if args.precision else target.tflite.precisions
     tflite = schema.build(targets.TFLite, {"precisions": precisions, "io_type": target.tflite.io_type},
                           "--precision")
-    profile = dataclasses.replace(target, name=f"{target.name}-tflite", formats=["tflite"], quantize="none",
-                                  tflite=tflite)
+    profile = dataclasses.replace(target, name=f"{target.name}-tflite", formats=["tflite"], tflite=tflite)
     return _run_build(recipe, args, [profile])
 
 
@@ -174,6 +175,12 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
         if result.benchmarks:
             print(bench_table(result.benchmarks), file=sys.stderr)
+        gpu = manifest.get("gpu")
+        if gpu and gpu["status"] == "skipped":
+            print(f"GPU steps skipped: {gpu['reason']}. To run them: {gpu['install']}", file=sys.stderr)
+        if gpu:
+            print("verified on: " + "; ".join(sorted({a["verified_on"] for a in manifest["artifacts"]})),
+                  file=sys.stderr)
         if result.archive:
             print(f"archive: {result.archive}", file=sys.stderr)
     if args.json:

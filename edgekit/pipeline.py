@@ -12,6 +12,7 @@ import numpy as np
 from . import __version__, package, sources, targets
 from .data import BuildData, load_build_data
 from .errors import UserError
+from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .parity import accuracy, is_classifier
 from .recipe import Recipe
 from .report import Progress
@@ -70,6 +71,9 @@ def all_passed(manifest: dict[str, Any]) -> bool:
 def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = None) -> list[TargetResult]:
     """Build for `profiles`, or for the recipe's targets when none are given."""
     profiles = profiles or [targets.load(name) for name in recipe.targets]
+    if recipe.require_gpu:
+        for target in profiles:
+            require_gpu(target)
     out = Path(recipe.out)
     package.check_writable(out)
     with progress.step("load model"):
@@ -133,73 +137,78 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     """The target's artifacts, and the conversions that failed: a format that cannot be made does not
     stop the others; its failure is reported and fails the build."""
     recipe, calibration = shared.recipe, shared.data.calibration
-    quantize = recipe.quantize or target.quantize
+    onnx_precisions = chosen_precisions(target.onnx.precisions, recipe.quantize) if "onnx" in target.formats else []
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
-        fp32 = export_onnx(shared.source, target.opset, folder)
-    artifacts, failures = [fp32], []
-    if quantize == "int8":
+        fp32 = export_onnx(shared.source, target.opset, folder)  # the hub, shipped or not
+    artifacts, failures = [fp32] if "fp32" in onnx_precisions else [], []
+    if "fp16" in onnx_precisions:
+        with progress.step(f"{label} convert to float16"):
+            artifacts.append(convert_fp16(fp32, target.float16, folder))
+    if "int8" in onnx_precisions:
         scheme = target.quantization
         if recipe.calibration.method:
             scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
         with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)"):
             artifacts.append(quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes, folder))
-    elif quantize == "fp16":
-        with progress.step(f"{label} convert to float16"):
-            artifacts.append(convert_fp16(fp32, folder))
-    if "onnx" not in target.formats:  # the float ONNX is still the hub TFLite is made from
-        for artifact in artifacts[1:]:
-            artifact.path.unlink()
-        artifacts = []
-    precisions = tflite_precisions(target, recipe.quantize)
-    if "tflite" in target.formats and precisions:
+    tflite_precisions = chosen_precisions(target.tflite.precisions, recipe.quantize)
+    if "tflite" in target.formats and tflite_precisions:
         from .stages.tflite import convert_tflite
 
-        with progress.step(f"{label} convert to TFLite ({', '.join(precisions)})"):
+        with progress.step(f"{label} convert to TFLite ({', '.join(tflite_precisions)})"):
             try:
-                artifacts += convert_tflite(fp32, precisions, calibration, target.tflite.io_type, folder)
+                artifacts += convert_tflite(fp32, tflite_precisions, calibration, target.tflite.io_type, folder)
             except UserError as err:
                 failures.append({"stage": "convert to TFLite", "format": "tflite", "error": str(err)})
-    if "onnx" not in target.formats:
+    if fp32 not in artifacts:
         fp32.path.unlink()
     return artifacts, failures
 
 
-def tflite_precisions(target: Target, quantize: str | None) -> list[str]:
-    """The profile's TFLite precisions; `--quantize` narrows them to fp32 plus the precision it names."""
+def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
+    """A format's precisions from the profile; `--quantize` narrows them to fp32 plus the one it names."""
     if quantize is None:
-        return list(target.tflite.precisions)
+        return list(listed)
     keep = {"int8": {"fp32", "dynamic_int8", "int8"}, "fp16": {"fp32", "fp16"}, "none": {"fp32"}}[quantize]
-    return [p for p in target.tflite.precisions if p in keep]
+    return [p for p in listed if p in keep]
 
 
 def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> dict[str, Any]:
     label = f"[{target.name}]"
     timings = Progress(progress.quiet)
+    gpu = gpu_status(target)
+    if gpu and gpu["status"] == "skipped":
+        timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
     artifacts, failures = _make_artifacts(shared, target, folder, timings, label)
     evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
         with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
-            records.append(_artifact_record(folder, artifact, target, shared))
+            records.append(_artifact_record(folder, artifact, target, shared, gpu))
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
     manifest = _manifest(shared, target, folder, records, failures)
+    manifest["gpu"] = gpu
     package.write_json(folder / package.MANIFEST, manifest)
     package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
                                                 "artifacts": records, "failures": failures})
     return manifest
 
 
-def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs) -> dict[str, Any]:
+def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
+                     gpu: dict[str, Any] | None) -> dict[str, Any]:
     tolerance = target.tolerance(artifact.precision)
     evaluation = shared.data.evaluation
     checked = verify(artifact.path, artifact.format, target.runtime, shared.model_io, evaluation.inputs,
                      shared.reference, tolerance, evaluation.labels)
-    return {**package.file_record(folder, artifact.path.name), "format": artifact.format,
-            "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
-            "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
-            "tolerance": dataclasses.asdict(tolerance),
-            "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures()},
-            "details": artifact.metadata}
+    record = {**package.file_record(folder, artifact.path.name), "format": artifact.format,
+              "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
+              "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
+              "verified_on": verified_on(checked.runtime, artifact.precision, gpu),
+              "tolerance": dataclasses.asdict(tolerance),
+              "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures()},
+              "details": artifact.metadata}
+    if target.gpu and artifact.format == "onnx":
+        record["trtexec"] = trtexec_command(target, record)
+    return record
 
 
 def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]],

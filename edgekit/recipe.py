@@ -56,13 +56,14 @@ class Recipe:
     targets: list[str] = field(default_factory=lambda: ["arm64"])
     out: str = "build"
     input_shape: list[int] | None = None
-    quantize: QuantizeChoice | None = None  # default: the target's
+    quantize: QuantizeChoice | None = None  # narrows every format to fp32 + this precision; None: all the target lists
     calibration: Calibration = field(default_factory=Calibration)
     eval: str | None = None  # held-out inputs (optionally labeled) for parity and accuracy
     preprocess: Preprocess | None = None  # None: not declared (image folders then use the defaults)
     labels: list[str] | None = None
     keep_going: bool = False  # package even when an artifact fails parity
     bench: BenchRequest | None = None  # benchmark each target's artifacts before packaging
+    require_gpu: bool = False  # a GPU target whose GPU cannot run here is an error, not a skipped step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

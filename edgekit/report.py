@@ -23,6 +23,9 @@ class Progress:
         self.timings[label] = round(seconds, 3)
         self._print(f"  {label} done in {seconds:.1f} s")
 
+    def note(self, text: str) -> None:
+        self._print(f"  {text}")
+
     def _print(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)

@@ -31,6 +31,8 @@ class Quantization:
     reduce_range: bool = False
     calibration: CalibrationMethod = "minmax"
     percentile: float = 99.999
+    op_types: list[str] = field(default_factory=list)  # operator types to quantize; empty: ONNX Runtime's default
+    quantize_bias: bool = True  # False: bias stays float (TensorRT adds it in float itself)
     exclude_nodes: list[str] = field(default_factory=list)
     exclude_op_types: list[str] = field(default_factory=list)
 
@@ -51,6 +53,36 @@ class Runtime:
     # ONNX Runtime execution providers in preference order; the first one installed is used.
     onnxruntime_providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1
+
+
+@dataclass(frozen=True)
+class Onnx:
+    """ONNX artifacts; fp32 is also the hub every other artifact is made from."""
+    precisions: list[Literal["fp32", "fp16", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
+
+
+@dataclass(frozen=True)
+class Float16:
+    keep_io_types: bool = True  # float32 model inputs and outputs, so apps feed the same arrays
+    # Operator types kept in float32 on top of the converter's own list (ops that overflow or lose accuracy).
+    keep_float_ops: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trtexec:
+    """How the manifest's `trtexec` command builds a TensorRT engine on the device."""
+    path: str = "trtexec"
+    timing_cache: str = "timing.cache"
+    workspace_mb: int | None = None
+    extra_flags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """An NVIDIA GPU target: which ONNX Runtime providers count as the GPU, and how to get them."""
+    providers: list[str] = field(default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    install: str = "pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+    trtexec: Trtexec = field(default_factory=Trtexec)
 
 
 @dataclass(frozen=True)
@@ -77,9 +109,11 @@ class Target:
     description: str
     opset: int = 18
     formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx"])
-    quantize: Literal["int8", "fp16", "none"] = "int8"
+    onnx: Onnx = field(default_factory=Onnx)
     quantization: Quantization = field(default_factory=Quantization)
+    float16: Float16 = field(default_factory=Float16)
     tflite: TFLite = field(default_factory=TFLite)
+    gpu: Gpu | None = None
     runtime: Runtime = field(default_factory=Runtime)
     bench: Bench = field(default_factory=Bench)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)

@@ -16,9 +16,10 @@ import numpy as np
 
 from .. import package
 from ..errors import UserError
+from ..gpu import trtexec_command
 from ..parity import compare
 from ..targets import Target, Tolerance
-from .hosts import RUNNER, Host, make_host
+from .hosts import RUNNER, Host, SshHost, make_host
 
 
 def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
@@ -44,6 +45,9 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         report, outputs = _run(host, folder / entry["file"], inputs, settings)
         parity = compare(reference, outputs, Tolerance(**entry["tolerance"]), labels)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
+        if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
+            command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
+            record["tensorrt"] = host.trtexec(folder / entry["file"], command, timeout=1800)
         entry["benchmarks"] = [b for b in entry.get("benchmarks", []) if b["runner"] != host.name] + [record]
         records.append({"file": entry["file"], "host_parity": entry["parity"], **record})
     _rewrite_manifest(folder, manifest)

@@ -5,6 +5,7 @@ and the inputs; the runner leaves result.npz and result.json there.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shlex
@@ -14,6 +15,7 @@ import tarfile
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UserError
 from ..targets import Bench
@@ -109,13 +111,23 @@ class SshHost(Host):
         port = ["-p", self.port] if self.port else []
         return _call(["ssh", *self.options, *port, self.destination, command], None, timeout, send)
 
-    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
-        # Files travel as tar streams over ssh: works where scp/sftp are missing (BusyBox, Dropbear).
-        remote = f"/tmp/edgekit-bench-{uuid.uuid4().hex[:8]}"
+    @contextlib.contextmanager
+    def _remote_folder(self, files: list[Path], timeout: float) -> Iterator[str]:
+        """A temporary folder on the device holding `files`, removed afterwards.
+
+        Files travel as a tar stream over ssh: that works where scp/sftp are missing (BusyBox, Dropbear)."""
+        remote = f"/tmp/edgekit-{uuid.uuid4().hex[:8]}"
         bundle = io.BytesIO()
         with tarfile.open(fileobj=bundle, mode="w") as tar:
-            for path in sorted(workdir.iterdir()):
+            for path in files:
                 tar.add(path, arcname=path.name)
+        try:
+            self._ssh(f"mkdir -p {remote} && tar -xf - -C {remote}", timeout, bundle.getvalue())
+            yield remote
+        finally:
+            self._ssh(f"rm -rf {remote}", 60)
+
+    def run(self, workdir: Path, args: list[str], timeout: float) -> None:
         try:
             self._ssh("true", 60)
         except UserError as err:
@@ -123,14 +135,25 @@ class SshHost(Host):
             raise UserError(f"cannot reach {self.destination} over SSH ({str(err).rpartition('): ')[2]}): "
                             f"make `ssh{port} {self.destination} true` work without a password (keys in "
                             f"~/.ssh/config or EDGEKIT_SSH_OPTIONS='-i KEY')") from None
-        try:
-            self._ssh(f"mkdir -p {remote} && tar -xf - -C {remote}", timeout, bundle.getvalue())
+        with self._remote_folder(sorted(workdir.iterdir()), timeout) as remote:
             self._ssh(f"cd {remote} && {shlex.quote(self.python)} runner.py {shlex.join(args)}", timeout)
             results = self._ssh(f"tar -cf - -C {remote} result.npz result.json", timeout)
-            with tarfile.open(fileobj=io.BytesIO(results)) as tar:
-                tar.extractall(workdir, filter="data")
-        finally:
-            self._ssh(f"rm -rf {remote}", 60)
+        with tarfile.open(fileobj=io.BytesIO(results)) as tar:
+            tar.extractall(workdir, filter="data")
+
+    def trtexec(self, artifact: Path, command: str, timeout: float) -> dict:
+        """Build and time the artifact's TensorRT engine on the device with the manifest's command."""
+        from ..gpu import parse_trtexec
+
+        tool = shlex.split(command)[0]
+        try:
+            self._ssh(f"command -v {shlex.quote(tool)}", 60)
+        except UserError:
+            return {"status": "skipped", "reason": f"{tool} not found on {self.destination} (install TensorRT, "
+                                                   f"or set gpu.trtexec.path in the profile)"}
+        with self._remote_folder([artifact], timeout) as remote:
+            output = self._ssh(f"cd {remote} && {command}", timeout).decode(errors="replace")
+        return {"status": "ran", "command": command, **parse_trtexec(output)}
 
     def label(self, host_cpu: str) -> str:
         return f"device {self.destination} over SSH"

@@ -11,7 +11,7 @@ import numpy as np
 from ..data import Dataset
 from ..errors import UserError
 from ..graph_stats import graph_stats
-from ..targets import Quantization
+from ..targets import Float16, Quantization
 from . import Artifact
 
 
@@ -39,7 +39,8 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
 
     prepared = workdir / "prepared.onnx"
     output = workdir / "model.int8.onnx"
-    extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": scheme.weight_symmetric}
+    extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": scheme.weight_symmetric,
+             "QuantizeBias": scheme.quantize_bias}
     if scheme.calibration == "percentile":
         extra["CalibPercentile"] = scheme.percentile
     logging.getLogger("root").setLevel(logging.ERROR)
@@ -49,7 +50,7 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
                         per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                         activation_type=types[scheme.activation_type], weight_type=types[scheme.weight_type],
                         calibrate_method=methods[scheme.calibration], nodes_to_exclude=excluded,
-                        extra_options=extra)
+                        op_types_to_quantize=scheme.op_types or None, extra_options=extra)
     prepared.unlink()
     quantized = onnx.load(str(output))
     return Artifact(output, "onnx", "int8", {
@@ -58,20 +59,26 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
                    "weight_type": scheme.weight_type, "per_channel": scheme.per_channel,
                    "activation_symmetric": scheme.activation_symmetric,
                    "weight_symmetric": scheme.weight_symmetric, "reduce_range": scheme.reduce_range,
+                   "op_types": scheme.op_types or "onnxruntime default", "quantize_bias": scheme.quantize_bias,
                    "calibration": scheme.calibration, "calibration_samples": len(calibration)},
         "float_nodes": excluded, **graph_stats(quantized)})
 
 
-def convert_fp16(fp32: Artifact, workdir: Path) -> Artifact:
-    """float16 weights and compute; model inputs and outputs stay float32 so apps feed the same arrays."""
+def convert_fp16(fp32: Artifact, settings: Float16, workdir: Path) -> Artifact:
+    """float16 weights and compute, except the operators that overflow or lose accuracy in float16."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32.path)), keep_io_types=True)
+    kept = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(settings.keep_float_ops))
+    model = convert_float_to_float16(onnx.load(str(fp32.path)), keep_io_types=settings.keep_io_types,
+                                     op_block_list=kept)
     output = workdir / "model.fp16.onnx"
     onnx.save(model, str(output))
+    present = sorted({n.op_type for n in model.graph.node} & set(kept))
     return Artifact(output, "onnx", "fp16", {
-        "made_by": f"onnxruntime.transformers.float16 {_ort_version()} (float32 I/O kept)", **graph_stats(model)})
+        "made_by": f"onnxruntime.transformers.float16 {_ort_version()}",
+        "scheme": {"io_types": "float32" if settings.keep_io_types else "float16",
+                   "float32_ops_in_graph": present, "float32_op_list": kept}, **graph_stats(model)})
 
 
 def _excluded_nodes(model, scheme: Quantization, requested: list[str]) -> list[str]:
