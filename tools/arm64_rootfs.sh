@@ -19,6 +19,8 @@ PACKAGES=${EDGEKIT_ARM64_PACKAGES:-numpy onnxruntime ai-edge-litert}
 PYTHON=${PYTHON:-python3}
 
 log() { echo "[arm64_rootfs] $*" >&2; }
+# shellcheck source=tools/wheels.sh
+source "$(dirname "$0")/wheels.sh"
 
 need_debs() {
     local missing=()
@@ -45,21 +47,6 @@ make_rootfs() {
     rm -f "$tmp"/var/cache/apt/archives/*.deb
     touch "$tmp/.edgekit-rootfs"
     rm -rf "$ROOTFS" && mv "$tmp" "$ROOTFS"
-}
-
-download_wheels() {
-    [[ -f $WHEELS/.done && "$(cat "$WHEELS/.done")" == "$PACKAGES" ]] && return
-    log "downloading aarch64 wheels: $PACKAGES"
-    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-    # pip does not widen --platform to older compatible tags: list every manylinux tag that
-    # bookworm's glibc (2.36) accepts, or it silently picks an old release (ai-edge-litert 2.x is 2_27).
-    local platforms=(--platform manylinux2014_aarch64)
-    for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
-    # shellcheck disable=SC2086  # PACKAGES is a word list
-    "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELS" "${platforms[@]}" \
-        --python-version 3.11 --implementation cp $PACKAGES >&2
-    echo "$PACKAGES" >"$WHEELS/.done"
-    rm -f "$SITE/.edgekit-wheels"   # new wheels: unpack again
 }
 
 install_wheels() {
@@ -112,7 +99,9 @@ print('ai_edge_litert', getattr(ai_edge_litert, '__version__', '?'), li.Interpre
 
 need_debs
 make_rootfs
-download_wheels
+# New wheels: unpack them again.
+# shellcheck disable=SC2086  # PACKAGES is a word list
+if download_wheels aarch64 "$WHEELS" $PACKAGES; then rm -f "$SITE/.edgekit-wheels"; fi
 install_wheels
 write_cpuinfo
 write_wrapper

@@ -19,6 +19,8 @@ PYTHON=${PYTHON:-python3}
 export DOCKER_BUILDKIT=0   # the legacy builder ships with docker.io; BuildKit needs the buildx plugin
 
 log() { echo "[docker_images] $*" >&2; }
+# shellcheck source=tools/wheels.sh
+source "$ROOT/tools/wheels.sh"
 
 ensure_docker() {
     if ! command -v dockerd >/dev/null; then
@@ -55,21 +57,6 @@ x86_64_rootfs() {
         rm -rf "$rootfs" && mv "$rootfs.partial" "$rootfs"
     fi
     echo "$rootfs"
-}
-
-x86_64_wheels() {
-    local wheels=$CACHE/x86_64/wheels
-    if [[ ! -f $wheels/.done || "$(cat "$wheels/.done")" != "$PACKAGES" ]]; then
-        log "downloading x86_64 wheels: $PACKAGES"
-        rm -rf "$wheels" && mkdir -p "$wheels"
-        local platforms=(--platform manylinux2014_x86_64)
-        for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
-        # shellcheck disable=SC2086  # PACKAGES is a word list
-        "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$wheels" "${platforms[@]}" \
-            --python-version 3.11 --implementation cp $PACKAGES >&2
-        echo "$PACKAGES" >"$wheels/.done"
-    fi
-    echo "$wheels"
 }
 
 label() { docker image inspect -f "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
@@ -135,7 +122,9 @@ for arch in "$@"; do
         verify arm64 linux/arm64 -v "$rootfs/proc/cpuinfo:/proc/cpuinfo:ro"
         ;;
     x86_64)
-        wheels=$(x86_64_wheels)
+        wheels=$CACHE/x86_64/wheels
+        # shellcheck disable=SC2086  # PACKAGES is a word list
+        download_wheels x86_64 "$wheels" $PACKAGES || true
         if [[ -z ${BASE:-} ]]; then
             command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
             import_base edgekit-x86_64-base amd64 "$(x86_64_rootfs)"

@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Sourced by the tools/ scripts: offline wheel sets for the device Python (CPython 3.11, manylinux).
+
+# download_wheels ARCH DEST PACKAGES...: manylinux wheels of PACKAGES for ARCH (aarch64 | x86_64) into DEST,
+# with their dependencies. Returns 0 when it downloaded, 1 when DEST already held this set.
+download_wheels() {
+    local arch=$1 dest=$2
+    shift 2
+    [[ -f $dest/.done && "$(cat "$dest/.done")" == "$*" ]] && return 1
+    echo "[wheels] downloading $arch wheels: $*" >&2
+    rm -rf "$dest" && mkdir -p "$dest"
+    # pip does not widen --platform to older compatible tags: list every manylinux tag that
+    # bookworm's glibc (2.36) accepts, or it silently picks an old release (ai-edge-litert 2.x is 2_27).
+    local platforms=(--platform "manylinux2014_$arch")
+    for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
+    "${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --dest "$dest" "${platforms[@]}" \
+        --python-version 3.11 --implementation cp "$@" >&2
+    echo "$*" >"$dest/.done"
+}
