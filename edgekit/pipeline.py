@@ -165,11 +165,10 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
 
 
 def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
-    """A format's precisions from the profile; `--quantize` narrows them to fp32 plus the one it names."""
+    """A format's precisions: the profile's list, or fp32 plus the one `--quantize` names."""
     if quantize is None:
         return list(listed)
-    keep = {"int8": {"fp32", "dynamic_int8", "int8"}, "fp16": {"fp32", "fp16"}, "none": {"fp32"}}[quantize]
-    return [p for p in listed if p in keep]
+    return ["fp32"] + ([quantize] if quantize != "none" else [])
 
 
 def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> dict[str, Any]:

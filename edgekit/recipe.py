@@ -56,7 +56,7 @@ class Recipe:
     targets: list[str] = field(default_factory=lambda: ["arm64"])
     out: str = "build"
     input_shape: list[int] | None = None
-    quantize: QuantizeChoice | None = None  # narrows every format to fp32 + this precision; None: all the target lists
+    quantize: QuantizeChoice | None = None  # every format makes fp32 + this; None: the target's lists
     calibration: Calibration = field(default_factory=Calibration)
     eval: str | None = None  # held-out inputs (optionally labeled) for parity and accuracy
     preprocess: Preprocess | None = None  # None: not declared (image folders then use the defaults)
