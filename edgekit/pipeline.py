@@ -13,6 +13,7 @@ from . import __version__, package, sources, targets
 from .data import BuildData, load_build_data
 from .errors import UserError
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
+from .html_report import write_report
 from .parity import accuracy, is_classifier
 from .recipe import Recipe
 from .report import Progress
@@ -90,6 +91,7 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
             with package.staging(out / target.name) as folder:
                 manifest = _build_target(shared, target, folder, progress)
                 benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
+                write_report(folder, package.read_manifest(folder))
                 if not all_passed(manifest) and not recipe.keep_going:
                     raise ParityFailed(manifest)
             published = out / target.name

@@ -39,7 +39,7 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
         parity = record["parity"]
         first = next(iter(parity["outputs"].values()), {})
         rows.append([
-            record["file"], _size(record["bytes"]),
+            record["file"], human_size(record["bytes"]),
             "pass" if parity["passed"] else "FAIL",
             _number(first.get("max_abs_error"), "{:.2e}"), _number(first.get("cosine"), "{:.6f}"),
             _number(first.get("snr_db"), "{:.1f}"),
@@ -53,7 +53,8 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     return "\n".join(lines + problems)
 
 
-def _size(count: int) -> str:
+def human_size(count: int) -> str:
+    """Bytes as B / KB / MB / GB with one decimal."""
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1024 or unit == "GB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

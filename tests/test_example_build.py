@@ -102,7 +102,7 @@ def test_archive_and_report(example_build):
         names = set(tar.getnames())
     assert {f"arm64/{name}" for name in EXPECTED["arm64"]} <= names
     assert {"arm64/manifest.json", "arm64/parity/inputs.npz", "arm64/parity/reference.npz",
-            "arm64/report.json"} <= names
+            "arm64/report.json", "arm64/report.html", "arm64/report/size.png"} <= names
     assert not [p for p in example_build.iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 

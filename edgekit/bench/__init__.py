@@ -104,9 +104,12 @@ def _record(host: Host, report: dict[str, Any], settings: dict[str, Any], parity
 
 
 def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Replace manifest.json in one step, and refresh the folder's archive if it has one."""
+    """Replace manifest.json in one step, redraw report.html, and refresh the folder's archive if it has one."""
+    from ..html_report import write_report
+
     partial = folder / f".{package.MANIFEST}.partial"
     package.write_json(partial, manifest)
     partial.replace(folder / package.MANIFEST)
+    write_report(folder, manifest)
     if (folder.parent / f"{folder.name}.tar.gz").exists():
         package.archive(folder)
