@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                        "fp32 (default: all the target's)")
     build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
+    build.add_argument("--float-fallback", help="INT8 layers to keep in float in every format: 'auto' (the fewest "
+                       "that meet the target's SNR budget) or comma-separated PyTorch module paths / ONNX nodes")
     build.add_argument("--require-gpu", action="store_true", default=None, help="fail (exit 2) instead of "
                        "skipping the GPU steps of a GPU target when no usable GPU stack is installed")
     build.add_argument("--bench", action="store_true", default=None, help="also run `edgekit bench` on each "
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
                          "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
     convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
-                         bench=None, require_gpu=None)
+                         bench=None, require_gpu=None, float_fallback=None)
 
     bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
     bench.add_argument("path", help="a build folder (every artifact, with on-target parity), or one "
@@ -64,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--samples", type=int, help="held-out samples for on-target parity (default: all)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
+
+    debug = commands.add_parser("debug", help="per-layer divergence of a build's artifacts from the reference")
+    debug.add_argument("path", help="a build folder, or one artifact inside it")
+    debug.add_argument("--reference", choices=["torch", "onnx"], help="compare against the PyTorch model or the "
+                       "float ONNX graph (default: torch for a PyTorch source)")
+    debug.add_argument("--inputs", help=".npz of inputs (default: the build's held-out inputs)")
+    debug.add_argument("--samples", type=int, default=32, help="how many inputs to run (default 32)")
+    debug.add_argument("--json", action="store_true")
+    debug.set_defaults(handler=_debug)
 
     check = commands.add_parser("check", help="re-run the parity gate on a build folder (exit 0 only if all pass)")
     check.add_argument("folder", help="a folder written by `edgekit build`, e.g. build/arm64")
@@ -123,7 +134,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     targets = [t.strip() for value in args.target or [] for t in value.split(",") if t.strip()]
     given = {"model": args.model, "weights": args.weights, "targets": targets or None, "out": args.out,
              "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
-             "keep_going": args.keep_going, "require_gpu": args.require_gpu}
+             "keep_going": args.keep_going, "require_gpu": args.require_gpu,
+             "float_fallback": _fallback(args.float_fallback)}
     if args.bench:
         given["bench"] = {k: v for k, v in {"runner": args.runner, "runs": args.runs, "warmup": args.warmup,
                                             "threads": args.threads}.items() if v is not None}
@@ -134,6 +146,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if calibration:
         overrides["calibration"] = calibration
     return overrides
+
+
+def _fallback(value: str | None) -> str | list[str] | None:
+    if value is None or value == "auto":
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -218,6 +236,21 @@ def _bench(args: argparse.Namespace) -> int:
         print(bench_table(records))
     on_target = [r["parity"]["passed"] for r in records if r["parity"]["passed"] is not None]
     return 0 if all(on_target) else 1
+
+
+def _debug(args: argparse.Namespace) -> int:
+    from . import package
+    from .layerwise.divergence import divergence, held_out_inputs
+    from .report import divergence_table
+
+    path = Path(args.path)
+    folder = path if path.is_dir() else path.parent
+    manifest = package.read_manifest(folder)
+    reference = args.reference or ("torch" if manifest["source_model"]["kind"] == "torch" else "onnx")
+    inputs = held_out_inputs(folder, manifest, args.inputs, args.samples)
+    result = divergence(folder, manifest, reference, inputs, only=None if path.is_dir() else path.name)
+    print(json.dumps(result, indent=2, default=str) if args.json else divergence_table(result))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

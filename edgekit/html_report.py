@@ -38,20 +38,21 @@ p.none { color: #718096; font-style: italic; }
 """
 
 
-def write_report(folder: Path, manifest: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+def write_report(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write `folder/report.html` and `folder/report/<figure>.png` from a build's manifest.
 
-    `layers` maps an artifact file to its per-layer SNR, [{"name": ..., "snr_db": ...}, ...] in network order
-    (LayerRow.to_dict() rows from edgekit.layerwise also work: their "reference" is taken as the name).
+    Per-layer SNR comes from each artifact's `layers` entry: [{"name": ..., "snr_db": ...}, ...] in
+    network order.
     """
     folder = Path(folder)
     artifacts = manifest.get("artifacts", [])
+    layers = {a["file"]: a["layers"] for a in artifacts if a.get("layers")}
     figures: list[tuple[str, str, Callable[..., str | None]]] = [
         ("size", "Size per artifact", lambda fig: _size_figure(fig, artifacts)),
         ("latency", "Latency per artifact (p50, whiskers to p90)", lambda fig: _latency_figure(fig, artifacts)),
         ("accuracy", "Quality per artifact against the reference", lambda fig: _quality_figure(fig, manifest)),
         ("tradeoff", "Quality against latency, per precision", lambda fig: _tradeoff_figure(fig, manifest)),
-        ("layers", "Per-layer SNR along the network", lambda fig: _layers_figure(fig, artifacts, layers or {})),
+        ("layers", "Per-layer SNR along the network", lambda fig: _layers_figure(fig, artifacts, layers)),
     ]
     (folder / FIGURES).mkdir(exist_ok=True)
     sections = []
@@ -217,16 +218,17 @@ def _layers_figure(fig: Figure, artifacts: list[dict], layers: dict[str, list[di
     ax = fig.subplots()
     longest: list[str] = []
     for file, rows in series.items():
-        ax.plot(range(len(rows)), [_float(r["snr_db"]) or math.nan for r in rows], marker="o", markersize=3,
-                label=file)
-        # "reference" is the tensor name in edgekit.layerwise's LayerRow.to_dict()
-        longest = max(longest, [r.get("name") or r.get("reference", "?") for r in rows], key=len)
+        # The lower of overall and median per-channel SNR: one huge channel can hide the others' loss.
+        worst = [min((v for v in (_float(r["snr_db"]), _float(r.get("channel_snr_db"))) if v is not None),
+                     default=math.nan) for r in rows]
+        ax.plot(range(len(rows)), worst, marker="o", markersize=3, label=file)
+        longest = max(longest, [r["name"] for r in rows], key=len)
     thresholds = {_float(by_file.get(f, {}).get("tolerance", {}).get("min_snr_db")) for f in series} - {None}
     for threshold in sorted(thresholds):
         ax.axhline(threshold, color="#c53030", linestyle="--", label=f"SNR threshold {threshold:g} dB")
     step = max(1, len(longest) // 30)  # keep tick labels readable on deep networks
     ax.set_xticks(range(0, len(longest), step), longest[::step], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("SNR (dB) against fp32")
+    ax.set_ylabel("SNR (dB) vs fp32, worst of overall / per channel")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.set_figheight(5.5)

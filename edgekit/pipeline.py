@@ -15,6 +15,7 @@ from .errors import UserError
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
 from .parity import accuracy, is_classifier
+from .precision_plan import PrecisionPlan, make_plan
 from .recipe import Recipe
 from .report import Progress
 from .runners import run_dataset
@@ -25,6 +26,9 @@ from .stages.export_onnx import export_onnx
 from .stages.quantize import convert_fp16, quantize_int8
 from .targets import Target
 from .verify import verify
+
+
+LAYERWISE_SAMPLES = 16  # held-out samples for the per-layer SNR every build records
 
 
 @dataclass
@@ -135,7 +139,7 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
 
 def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> tuple[list[Artifact], list[dict[str, str]]]:
+                    label: str) -> tuple[list[Artifact], list[dict[str, str]], PrecisionPlan | None]:
     """The target's artifacts, and the conversions that failed: a format that cannot be made does not
     stop the others; its failure is reported and fails the build."""
     recipe, calibration = shared.recipe, shared.data.calibration
@@ -143,27 +147,55 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
         fp32 = export_onnx(shared.source, target.opset, folder)  # the hub, shipped or not
     artifacts, failures = [fp32] if "fp32" in onnx_precisions else [], []
+    tflite_precisions = chosen_precisions(target.tflite.precisions, recipe.quantize) \
+        if "tflite" in target.formats else []
+    scheme = target.quantization
+    if recipe.calibration.method:
+        scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
+    plan = None
+    if recipe.float_fallback and "int8" in onnx_precisions + tflite_precisions:
+        how = "auto" if recipe.float_fallback == "auto" else "named layers"
+        with progress.step(f"{label} precision plan ({how})"):
+            plan = make_plan(recipe.float_fallback, shared.source, fp32, scheme, calibration, target.tolerance("int8"))
+    float_nodes = plan.float_nodes if plan else []
     if "fp16" in onnx_precisions:
         with progress.step(f"{label} convert to float16"):
             artifacts.append(convert_fp16(fp32, target.float16, folder))
     if "int8" in onnx_precisions:
-        scheme = target.quantization
-        if recipe.calibration.method:
-            scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
         with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)"):
-            artifacts.append(quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes, folder))
-    tflite_precisions = chosen_precisions(target.tflite.precisions, recipe.quantize)
-    if "tflite" in target.formats and tflite_precisions:
-        from .stages.tflite import convert_tflite
-
-        with progress.step(f"{label} convert to TFLite ({', '.join(tflite_precisions)})"):
-            try:
-                artifacts += convert_tflite(fp32, tflite_precisions, calibration, target.tflite.io_type, folder)
-            except UserError as err:
-                failures.append({"stage": "convert to TFLite", "format": "tflite", "error": str(err)})
+            artifacts.append(quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes + float_nodes,
+                                           folder))
+    if tflite_precisions:
+        try:
+            artifacts += _tflite_artifacts(fp32, tflite_precisions, plan, shared.data.calibration, target, folder,
+                                           progress, label)
+        except UserError as err:
+            failures.append({"stage": "convert to TFLite", "format": "tflite", "error": str(err)})
     if fp32 not in artifacts:
         fp32.path.unlink()
-    return artifacts, failures
+    return artifacts, failures, plan
+
+
+def _tflite_artifacts(fp32: Artifact, precisions: list[str], plan: PrecisionPlan | None, calibration,
+                      target: Target, folder: Path, progress: Progress, label: str) -> list[Artifact]:
+    """onnx2tf's TFLite files; with a precision plan, the full-integer one keeps the plan's layers float."""
+    from .stages.tflite import convert_tflite
+    from .stages.tflite_fallback import convert_tflite_int8_with_float_ops
+
+    float_nodes = plan.float_nodes if plan else []
+    if float_nodes and "dynamic_int8" in precisions:
+        precisions = [p for p in precisions if p != "dynamic_int8"]
+        plan.notes.append("dynamic_int8 TFLite not built: dynamic-range quantization cannot keep layers in float")
+    planned = "int8" in precisions and bool(float_nodes)
+    unplanned = [p for p in precisions if not (planned and p == "int8")]
+    artifacts = []
+    with progress.step(f"{label} convert to TFLite ({', '.join(precisions)})"):
+        if unplanned:
+            artifacts += convert_tflite(fp32, unplanned, calibration, target.tflite.io_type, folder)
+        if planned:
+            artifacts.append(convert_tflite_int8_with_float_ops(fp32, float_nodes, calibration,
+                                                                target.tflite.io_type, folder))
+    return artifacts
 
 
 def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
@@ -179,7 +211,7 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     gpu = gpu_status(target)
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
-    artifacts, failures = _make_artifacts(shared, target, folder, timings, label)
+    artifacts, failures, plan = _make_artifacts(shared, target, folder, timings, label)
     evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
@@ -188,10 +220,34 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
     manifest = _manifest(shared, target, folder, records, failures)
     manifest["gpu"] = gpu
+    manifest["precision_plan"] = plan.to_dict() if plan else None
+    with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
+        manifest["layerwise"] = _layerwise(folder, manifest)
     package.write_json(folder / package.MANIFEST, manifest)
     package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
                                                 "artifacts": records, "failures": failures})
     return manifest
+
+
+def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer SNR of every reduced-precision artifact against the float ONNX graph (for report.html and
+    a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`."""
+    from .layerwise.divergence import divergence, held_out_inputs
+
+    if not (folder / "model.fp32.onnx").is_file():
+        return {"computed": False, "why": "no float ONNX artifact to map layers through"}
+    try:
+        result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, LAYERWISE_SAMPLES))
+    except Exception as err:  # a diagnostic: its failure must not fail a build whose parity passed
+        return {"computed": False, "why": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    for record in manifest["artifacts"]:
+        data = result["artifacts"].get(record["file"])
+        if data and record["precision"] != "fp32":
+            record["layers"] = [{"name": r["reference"], "snr_db": r["snr_db"], "channel_snr_db": r["channel_snr_db"]}
+                                for r in data["rows"]]
+            record["first_divergence"] = data["first_divergence"] and data["first_divergence"]["reference"]
+    return {"computed": True, "reference": "float ONNX", "samples": result["samples"],
+            "threshold_db": result["threshold_db"], "coverage": result["coverage"]}
 
 
 def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,

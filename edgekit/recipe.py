@@ -64,6 +64,9 @@ class Recipe:
     keep_going: bool = False  # package even when an artifact fails parity
     bench: BenchRequest | None = None  # benchmark each target's artifacts before packaging
     require_gpu: bool = False  # a GPU target whose GPU cannot run here is an error, not a skipped step
+    # INT8 layers kept in float in every format: "auto" (fewest that meet the target's budget) or
+    # a list of PyTorch module paths / ONNX node names.
+    float_fallback: str | list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +88,8 @@ def make(recipe_path: str | None = None, overrides: dict[str, Any] | None = None
         raise UserError(f"{where}: calibration.samples must be at least 1")
     if not recipe.targets:
         raise UserError(f"{where}: give at least one target")
+    if isinstance(recipe.float_fallback, str) and recipe.float_fallback != "auto":
+        raise UserError(f"{where}: float_fallback is '{recipe.float_fallback}'; write auto, or a list of layers")
     return recipe
 
 

@@ -89,3 +89,29 @@ def bench_table(records: list[dict[str, Any]]) -> str:
                      f"warm-up" for r in records})
     lines += [f"  {r['file']} on {r['runner']}: {problem}" for r in records for problem in r["parity"].get("failures", [])]
     return "\n".join(lines)
+
+
+def divergence_table(result: dict[str, Any]) -> str:
+    """Per artifact: SNR, per-channel SNR, cosine and max error per layer, then where INT8 first breaks."""
+    lines = [f"reference: {result['reference']}, {result['samples']} samples, divergence threshold "
+             f"{result['threshold_db']:.1f} dB"]
+    for name, cov in result["coverage"].items():
+        lines.append(f"{name.replace('_', ' ')}: {cov['mapped'] + cov['fused']}/{cov['nodes']} mapped "
+                     f"({cov['fraction']:.0%})")
+    for file, data in result["artifacts"].items():
+        lines += ["", f"{file}  ({len(data['rows'])} layers mapped)",
+                  f"  {'layer':<36} {'kind':<18} {'SNR dB':>8} {'ch SNR':>8} {'cosine':>9} {'max err':>9}"]
+        for row in data["rows"]:
+            lines.append(f"  {row['reference'][:36]:<36} {row['kind'][:18]:<18} {_db(row['snr_db'])} "
+                         f"{_db(row['channel_snr_db'])} {row['cosine']:9.5f} {row['max_abs_error']:9.3g}")
+        first, drop = data["first_divergence"], data["largest_drop"]
+        lines.append(f"  first divergence: {first['reference'] if first else 'none'}"
+                     + (f" (SNR {_db(first['snr_db']).strip()} dB, per channel {_db(first['channel_snr_db']).strip()} dB)"
+                        if first else f" (every layer above {result['threshold_db']:.1f} dB)"))
+        if drop:
+            lines.append(f"  largest drop:     {drop['reference']}")
+    return "\n".join(lines)
+
+
+def _db(value: float) -> str:
+    return f"{value:8.1f}" if value not in (float("inf"), float("-inf")) else f"{str(value):>8}"

@@ -62,3 +62,22 @@ def two_heads() -> nn.Module:
 
 def not_a_model():
     return "not a module"
+
+
+def planted_digits() -> nn.Module:
+    """The bundled example with a planted fragile layer: channel 0 of two residual-branch outputs scaled
+    1000x (and scaled back in the layers that read them), so float outputs are unchanged while one
+    huge channel sets the INT8 range and every other channel of those tensors rounds to zero."""
+    from edgekit import example
+    from edgekit.example.model import make_model
+
+    model = make_model()
+    model.load_state_dict(torch.load(example.WEIGHTS, weights_only=True))
+    features = model.features
+    with torch.no_grad():
+        for bn in (features[6].block[2][1], features[7].block[2][1]):
+            bn.weight[0] *= 1000
+            bn.bias[0] *= 1000
+        for conv in (features[7].block[0][0], features[8][0]):
+            conv.weight[:, 0] /= 1000
+    return model.eval()

@@ -23,18 +23,17 @@ from ..errors import UserError
 Method = Literal["l1", "l2", "bn", "taylor"]
 Recovery = Literal["bn", "kd"]
 SEED = 0
-import os
-GLOBAL = os.environ.get('GLOBAL','0')=='1'
-ISO = os.environ.get('ISO','0')=='1'
 BATCH = 64
-LEARNING_RATE = 1e-3
+LEARNING_RATE = 3e-3
 SPARSITY_NOTE = ("zeroed weights shrink the compressed package, not CPU time: dense kernels multiply "
                  "zeros as fast as any other number")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    ratio: float | None = None  # fraction of channels removed, ranked across the whole model
+    # Fraction of channels removed from every prunable layer. The same ratio per layer, not one global
+    # ranking: on the example a global ranking starved narrow layers and recovered 2 points worse.
+    ratio: float | None = None
     method: Method = "l1"  # channel importance; taylor uses gradients of the distillation loss
     sparsity: float | None = None  # fraction of conv/linear weights zeroed (unstructured, permanent)
     recover: list[Recovery] = field(default_factory=lambda: ["bn", "kd"])
@@ -97,13 +96,16 @@ def prune(model, input_shape, config: PruneConfig, unlabeled: np.ndarray,
         raise UserError("max_accuracy_drop needs labeled evaluation data: pass labels (an .npz with x and y) "
                         "or use --min-agreement, which needs none")
     _check_keep(model, config.keep)
+    structured = config.ratio is not None or config.has_budget
+    if structured and _version("torch-pruning") is None:
+        raise UserError("channel pruning needs Torch-Pruning: pip install 'edgekit[prune]' (or torch-pruning)")
 
     torch.manual_seed(SEED)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = copy.deepcopy(model).eval()
     job = _Job(teacher, input_shape, config, unlabeled, eval_x, eval_y, device)
     report: dict[str, Any] = {
-        "torch_pruning": _version("torch-pruning"),
+        "torch_pruning": _version("torch-pruning") if structured else None,
         "config": asdict(config),
         "data": {"unlabeled_images": len(unlabeled), "evaluation_images": len(eval_x),
                  "labels": eval_y is not None, "device": device.type},
@@ -160,8 +162,9 @@ class _Job:
 
     def inside_budget(self, quality: dict[str, Any]) -> bool:
         config = self.config
-        if config.max_accuracy_drop is not None and self.original_accuracy - quality["accuracy"] > config.max_accuracy_drop + 1e-9:
-            return False
+        if config.max_accuracy_drop is not None:
+            if self.original_accuracy - quality["accuracy"] > config.max_accuracy_drop + 1e-9:
+                return False
         return config.min_agreement is None or quality["top1_agreement"] >= config.min_agreement
 
     def describe(self, quality: dict[str, Any]) -> str:
@@ -237,8 +240,8 @@ class _Job:
         ignored = [modules[name] for name in config.keep] + _output_layers(model)
         out_shape = tuple(_forward(model, example).shape)
         try:
-            pruner = tp.pruner.BasePruner(model, example, importance=importance, pruning_ratio=ratio,
-                                          global_pruning=GLOBAL, isomorphic=ISO, ignored_layers=ignored,
+            pruner = _NearestRoundingPruner()(model, example, importance=importance, pruning_ratio=ratio,
+                                          global_pruning=False, ignored_layers=ignored,
                                           round_to=config.round_to if config.round_to > 1 else None)
         except Exception as err:
             raise UserError(f"Torch-Pruning cannot trace {type(model).__name__} ({_first_line(err)}): list the "
@@ -258,8 +261,9 @@ class _Job:
             raise UserError(f"pruning changed the output shape of {type(model).__name__} from {out_shape} to "
                             f"{tuple(result.shape)}: name its output layer in prune.keep")
         if count_macs(model, self.input_shape) >= before:
-            raise UserError(f"Torch-Pruning found no channel of {type(model).__name__} it could remove at ratio "
-                            f"{ratio}: raise the ratio, shorten prune.keep, or check the model has prunable convs")
+            raise UserError(f"Torch-Pruning traced no removable channel in {type(model).__name__} at ratio {ratio} "
+                            f"(it follows autograd, so a forward that leaves torch, e.g. via numpy or .detach(), "
+                            f"hides its layers): keep the forward in torch ops, shorten prune.keep, or raise the ratio")
 
     def _taylor_gradients(self, model) -> None:
         """Gradients of the hard-target distillation loss (cross-entropy with the teacher's top-1).
@@ -344,7 +348,7 @@ class _Job:
         return {"steps": steps, "batch": batch, "data": f"{len(self.unlabeled)} unlabeled images",
                 "augment": "random shift up to 1/16 of the side, scale 0.9-1.1", "temperature": temperature,
                 "optimizer": f"Adam lr {LEARNING_RATE} cosine", "device": device.type,
-                "final_loss": round(float(loss), 5) if steps else None}
+                "final_loss": round(loss.item(), 5) if steps else None}
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -429,6 +433,23 @@ def _forward(model, x):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _NearestRoundingPruner():
+    import torch_pruning as tp
+
+    class NearestRoundingPruner(tp.pruner.BasePruner):
+        """Rounds each kept channel count to the nearest multiple of round_to, never below one multiple.
+
+        Torch-Pruning rounds it down: 24 channels at ratio 0.5 would keep 8, not 16, and on the example
+        that cost about half a point of recovered accuracy.
+        """
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            kept = max(round_to, math.floor((current_channels - n_pruned) / round_to + 0.5) * round_to)
+            return max(current_channels - kept, 0)
+
+    return NearestRoundingPruner
+
+
 def _output_layers(model) -> list:
     """The classifier head: the last Linear, or the last convolution of a model without one."""
     import torch
@@ -469,4 +490,4 @@ def _version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
-        raise UserError("pruning needs Torch-Pruning: pip install 'edgekit[prune]' (or torch-pruning)") from None
+        return None

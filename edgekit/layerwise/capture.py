@@ -1,0 +1,210 @@
+"""Every intermediate tensor of one model, run on N samples: PyTorch, ONNX (float or QDQ) and TFLite.
+
+A `Capture` holds float32 arrays in channel-first layout (the reference's), in execution order, so
+captures of different formats can be compared element by element once their names are mapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Capture:
+    tensors: dict[str, np.ndarray]  # name -> (N, ...) float32, channel-first, in execution order
+    kinds: dict[str, str] = field(default_factory=dict)  # name -> op type / module class
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # name -> other names of the same tensor
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def _batches(inputs: dict[str, np.ndarray], batch: int):
+    count = len(next(iter(inputs.values())))
+    for start in range(0, count - count % batch, batch):
+        yield {name: array[start:start + batch] for name, array in inputs.items()}
+
+
+def _collect(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([run[name] for run in runs]).astype(np.float32, copy=False) for name in runs[0]}
+
+
+# ---- PyTorch ----------------------------------------------------------------------------------------
+
+def capture_torch(module, inputs: dict[str, np.ndarray], batch: int = 32) -> Capture:
+    """Outputs of every module, keyed by module path (`features.3.block.1.0`).
+
+    A container whose output is its last leaf's output (a Sequential) is an alias of that leaf,
+    not a tensor of its own; one that computes something (a residual add) is kept under its path.
+    """
+    import torch
+
+    module = module.module() if hasattr(module, "graph_signature") else module
+    kinds: dict[str, str] = {}
+    aliases: dict[str, list[str]] = {}
+    state = {"run": {}, "last": None}  # last leaf output: (python object, its recorded name)
+
+    def hook(name, leaf):
+        def record(mod, args, output):
+            if not isinstance(output, torch.Tensor):
+                return
+            last = state["last"]
+            if not leaf and last is not None and last[0] is output:
+                if name not in aliases.setdefault(last[1], []):
+                    aliases[last[1]].append(name)
+                return
+            kinds.setdefault(name, type(mod).__name__)
+            # clone: an in-place activation (ReLU6(inplace=True)) would overwrite the value later
+            state["run"][name] = output.detach().clone().float().numpy()
+            state["last"] = (output, name)
+        return record
+
+    handles = [m.register_forward_hook(hook(name or "<model>", not any(True for _ in m.children())))
+               for name, m in module.named_modules()]
+    runs = []
+    try:
+        with torch.no_grad():
+            for feeds in _batches(inputs, batch):
+                state["run"], state["last"] = dict(feeds), None
+                module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
+                runs.append(state["run"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Capture(_collect(runs), {**{name: "input" for name in inputs}, **kinds}, aliases)
+
+
+# ---- ONNX -------------------------------------------------------------------------------------------
+
+def float_tensors(model) -> dict[str, tuple[str, str]]:
+    """Float activation tensors of an ONNX graph as {name to read: (name to report, op type)}, in node order.
+
+    In a QDQ graph a float tensor T that is quantized is read at its DequantizeLinear output (the
+    value the next operator really sees) and reported as T, so QDQ and float captures share names.
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {i.name for i in model.graph.initializer}
+
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def read_point(name: str) -> tuple[str, str]:
+        for q in consumers.get(name, []):
+            if q.op_type == "QuantizeLinear":
+                for dq in consumers.get(q.output[0], []):
+                    if dq.op_type == "DequantizeLinear":
+                        # the quantizer renames a graph output's producer and gives the name to the DQ
+                        return dq.output[0], dq.output[0] if dq.output[0] in graph_outputs else name
+        return name, name
+
+    found: dict[str, tuple[str, str]] = {}
+    produced = [(i.name, "input") for i in model.graph.input if i.name not in initializers]
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            produced += [(name, node.op_type) for name in node.output if name]
+    for name, kind in produced:
+        if types.get(name, onnx.TensorProto.FLOAT) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            read, report = read_point(name)
+            found[read] = (report, kind)
+    return found
+
+
+def node_outputs(model) -> dict[str, str]:
+    """ONNX node name -> its (first) output tensor name."""
+    return {node.name: node.output[0] for node in model.graph.node if node.output}
+
+
+def capture_onnx(model, inputs: dict[str, np.ndarray]) -> Capture:
+    """Every float tensor of an ONNX model (path or ModelProto), exposed as extra graph outputs.
+
+    For a QDQ graph, exposing the DequantizeLinear outputs stops ONNX Runtime from fusing Q/DQ pairs
+    into integer kernels, so the values are its QDQ emulation (same scales, float accumulation):
+    close to, not bit-identical with, the fused integer run.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    wanted = float_tensors(model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for name in wanted:
+        if name not in present:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in wanted]
+    first = session.get_inputs()[0].shape[0]
+    batch = first if isinstance(first, int) and first > 0 else 32
+    feeds_names = [i.name for i in session.get_inputs()]
+    runs = []
+    for feeds in _batches(inputs, batch):
+        values = session.run(names, dict(zip(feeds_names, feeds.values())))
+        runs.append({wanted[n][0]: v for n, v in zip(names, values)})
+    collected = _collect(runs)
+    return Capture({name: collected[name] for name, _ in wanted.values() if name in collected},
+                   dict(wanted.values()))
+
+
+# ---- TFLite -----------------------------------------------------------------------------------------
+
+def tflite_key(name: str) -> str:
+    """A TFLite tensor's stable name: the first of the fused ops it names (`model/tf.nn.relu6_3/Relu6`).
+
+    The converter joins the names of fused ops with ';' and appends constants' names, which differ
+    between a float and an integer model of the same graph; the first part does not.
+    """
+    return name.split(";")[0]
+
+
+def capture_tflite(path: Path, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> Capture:
+    """Every activation tensor of a .tflite, dequantized and made channel-first.
+
+    Inputs are taken channel-first (as for the reference) and transposed / quantized like an app
+    does. The graph's inputs and outputs take the names of `inputs` and `output_names`, since
+    TFLite names them differently in float and integer models. Runs the built-in kernels (no
+    XNNPACK delegate): a delegate keeps no intermediate tensors.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from ..runners.litert import channels_last, dequantize, quantize, silenced
+
+    with silenced():
+        interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    names = {d["index"]: n for d, n in zip(ins, inputs)}
+    names.update({d["index"]: n for d, n in zip(outs, output_names or [f"output_{i}" for i in range(len(outs))])})
+    order, kinds = [d["index"] for d in ins], {d["index"]: "input" for d in ins}
+    for op in interpreter._get_ops_details():  # the only listing of ops and their tensors
+        for index in op["outputs"]:
+            if index >= 0 and index not in kinds:
+                order.append(index)
+                kinds[index] = op["op_name"]
+    key = {i: names.get(i, tflite_key(details[i]["name"])) for i in order}
+    runs = []
+    for feeds in _batches(inputs, 1):
+        for detail, value in zip(ins, feeds.values()):
+            value = np.transpose(value, channels_last(value.ndim)) if value.ndim >= 3 else value
+            interpreter.set_tensor(detail["index"], quantize(value, detail))
+        interpreter.invoke()
+        run = {}
+        for index in order:
+            value = dequantize(interpreter.get_tensor(index), details[index])
+            run[key[index]] = np.transpose(value, [0, value.ndim - 1, *range(1, value.ndim - 1)]) \
+                if value.ndim >= 3 else value
+        runs.append(run)
+    return Capture(_collect(runs), {key[i]: kinds[i] for i in order})

@@ -1,0 +1,110 @@
+"""Per-layer divergence of a build folder's artifacts against a reference: PyTorch or the float ONNX.
+
+Tensors are mapped once per build: reference -> float ONNX (identity, or PyTorch module path by value),
+float ONNX -> float TFLite (by value), float TFLite -> each other TFLite (same op sequence), and each
+artifact's per-layer numbers are computed against the reference on the same inputs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import package
+from ..errors import UserError
+from .capture import Capture, capture_onnx, capture_tflite, capture_torch
+from .compare import compare_layers, compose, first_divergence, largest_drop
+from .mapping import map_torch_onnx, match_by_value, node_coverage
+
+FLOAT_ONNX, FLOAT_TFLITE = "model.fp32.onnx", "model.fp32.tflite"
+DEFAULT_THRESHOLD_DB = 15.0
+SKIPPED_TFLITE_OPS = ("input", "QUANTIZE", "DEQUANTIZE")
+
+
+def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: dict[str, np.ndarray],
+               only: str | None = None) -> dict[str, Any]:
+    """Rows per artifact (in network order), first divergence, largest drop, and mapping coverage."""
+    import onnx
+
+    if not (folder / FLOAT_ONNX).is_file():
+        raise UserError(f"{folder} has no {FLOAT_ONNX}: per-layer debugging maps every format through the float "
+                        f"ONNX graph, so build with 'onnx' among the target's formats")
+    graph = onnx.load(str(folder / FLOAT_ONNX))
+    onnx_capture = capture_onnx(graph, inputs)
+    coverage: dict[str, Any] = {}
+    if reference == "torch":
+        reference_capture = capture_torch(_torch_module(manifest), inputs, batch=len(next(iter(inputs.values()))))
+        to_onnx = map_torch_onnx(reference_capture, onnx_capture, graph).pairs
+        coverage["onnx_nodes_to_pytorch_modules"] = node_coverage(graph, set(to_onnx.values()))
+    else:
+        reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
+    outputs = [spec["name"] for spec in manifest["model_io"]["outputs"]]
+    float_tflite = None
+    if (folder / FLOAT_TFLITE).is_file():
+        float_tflite = capture_tflite(folder / FLOAT_TFLITE, inputs, outputs)
+        onnx_to_tflite = match_by_value(onnx_capture, float_tflite).pairs
+        coverage["onnx_nodes_to_tflite_tensors"] = node_coverage(graph, set(onnx_to_tflite), fusable=("Clip", "Relu"))
+    threshold = _threshold(manifest)
+    results = {}
+    for entry in manifest["artifacts"]:
+        if only not in (None, entry["file"]) or (reference == "onnx" and entry["file"] == FLOAT_ONNX):
+            continue
+        path = folder / entry["file"]
+        if entry["format"] == "onnx":
+            candidate, mapping = capture_onnx(path, inputs), to_onnx
+        elif float_tflite is not None:
+            candidate = capture_tflite(path, inputs, outputs)
+            mapping = compose(compose(to_onnx, onnx_to_tflite), align_tflite(float_tflite, candidate))
+        else:
+            continue  # a TFLite artifact without the float TFLite to map it through
+        rows = compare_layers(reference_capture, candidate, mapping)
+        first, drop = first_divergence(rows, threshold), largest_drop(rows)
+        results[entry["file"]] = {"rows": [r.to_dict() for r in rows],
+                                  "first_divergence": first.to_dict() if first else None,
+                                  "largest_drop": drop.to_dict() if drop else None}
+    return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
+            "coverage": coverage, "artifacts": results}
+
+
+def align_tflite(reference: Capture, candidate: Capture) -> dict[str, str]:
+    """Tensors of two .tflite files lowered from the same graph (float and integer): same op sequence
+    once (de)quantize ops are set aside, so they pair by position; else by their stable names."""
+    def ops(capture: Capture) -> list[tuple[str, str]]:
+        return [(name, kind) for name, kind in capture.kinds.items()
+                if kind not in SKIPPED_TFLITE_OPS and name in capture.tensors]
+
+    ours, theirs = ops(reference), ops(candidate)
+    if [kind for _, kind in ours] == [kind for _, kind in theirs]:
+        return {a: b for (a, _), (b, _) in zip(ours, theirs)}
+    return {name: name for name in reference.tensors if name in candidate.tensors}
+
+
+def _threshold(manifest: dict[str, Any]) -> float:
+    int8 = manifest["target"]["profile"]["tolerances"].get("int8") or {}
+    return int8.get("min_snr_db") or DEFAULT_THRESHOLD_DB
+
+
+def _torch_module(manifest: dict[str, Any]):
+    from ..sources import load
+
+    recipe = manifest["recipe"]
+    if manifest["source_model"]["kind"] != "torch":
+        raise UserError("--reference torch needs a PyTorch source model; this build came from ONNX: "
+                        "use --reference onnx")
+    return load(recipe["model"], recipe["weights"], recipe["input_shape"]).module
+
+
+def held_out_inputs(folder: Path, manifest: dict[str, Any], path: str | None, samples: int) -> dict[str, np.ndarray]:
+    """The first `samples` of --inputs (an .npz keyed by input name, or 'x'), else of the build's held-out data."""
+    names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
+    if path is None:
+        inputs = package.read_parity_data(folder, names)[0]
+    else:
+        try:
+            with np.load(path) as archive:
+                inputs = {n: archive[n if n in archive.files else "x"] for n in names}
+        except (OSError, KeyError, ValueError) as err:
+            raise UserError(f"cannot read inputs {path}: {err} (give an .npz with one array per input, or 'x')") \
+                from None
+    return {n: v[:samples].astype(np.float32) for n, v in inputs.items()}

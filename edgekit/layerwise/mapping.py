@@ -1,0 +1,144 @@
+"""Which tensor of one format is which tensor of another.
+
+ONNX <-> PyTorch: the dynamo exporter records each node's module path in its metadata
+(`pkg.torch.onnx.name_scopes`); where the graph still has it, a tensor maps to the innermost module
+whose last node made it. onnxslim drops all metadata, so for a simplified graph (edgekit's
+model.fp32.onnx) tensors are matched by value instead: the float graphs compute the same numbers up
+to rounding (BatchNorm folded into Conv, ReLU6 as Clip), so each ONNX tensor is paired with the
+PyTorch module output of the same shape that it equals within a relative tolerance.
+
+TFLite <-> ONNX: onnx2tf names TFLite tensors after its TensorFlow ops (`tf.nn.convolution_3`), not
+after ONNX nodes, and the converter fuses Conv + activation, so tensors are matched by value between
+the float .tflite and the float ONNX graph; the integer .tflite shares the float one's tensor keys
+(see `capture.tflite_key`), so the same mapping applies to it.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .capture import Capture
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+VALUE_TOLERANCE = 1e-3  # relative L2 error for two float tensors to count as the same tensor
+
+
+@dataclass
+class Mapping:
+    """reference name -> candidate name, in the reference's execution order."""
+    pairs: dict[str, str]
+    method: str  # "metadata" or "values"
+    unmatched: list[str] = field(default_factory=list)  # candidate tensors with no reference partner
+
+    def inverse(self) -> dict[str, str]:
+        return {c: r for r, c in self.pairs.items()}
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norm = np.linalg.norm(a64)
+    return float(np.linalg.norm(a64 - b64) / norm) if norm else (0.0 if not b64.any() else np.inf)
+
+
+def match_by_value(reference: Capture, candidate: Capture, tolerance: float = VALUE_TOLERANCE,
+                   samples: int = 8) -> Mapping:
+    """Pair each candidate tensor with the equal (same shape, within `tolerance`) reference tensor.
+
+    Both captures must come from float models run on the same inputs (the first `samples` of them
+    are compared). Where several reference
+    tensors are equal (an identity module, a ReLU that clipped nothing) the earliest one not yet
+    taken after the previous match wins, which keeps the pairing in network order.
+    """
+    ref_names = list(reference.tensors)
+    position = {name: i for i, name in enumerate(ref_names)}
+    taken: set[str] = set()
+    pairs: dict[str, str] = {}
+    unmatched = []
+    last = -1
+    for name, value in candidate.tensors.items():
+        close = [(relative_error(reference.tensors[r][:samples], value[:samples]), r) for r in ref_names
+                 if r not in taken and reference.tensors[r].shape == value.shape]
+        close = [(e, r) for e, r in close if e <= tolerance]
+        if not close:
+            unmatched.append(name)
+            continue
+        best = min(e for e, _ in close)
+        tied = [r for e, r in close if e <= max(best * 1.01, 1e-7)]
+        after = [r for r in tied if position[r] > last]
+        chosen = min(after or tied, key=position.get)
+        pairs[chosen] = name
+        taken.add(chosen)
+        last = position[chosen]
+    ordered = {r: pairs[r] for r in ref_names if r in pairs}
+    return Mapping(ordered, "values", unmatched)
+
+
+def module_scopes(model) -> dict[str, str]:
+    """ONNX tensor -> PyTorch module path, from the exporter's metadata ({} when it was stripped).
+
+    A module's output is the output of its last node; a tensor that is the output of nested
+    modules (a Sequential ending in a BatchNorm) goes to the innermost one.
+    """
+    last_node: dict[str, tuple[int, str]] = {}  # module path -> (depth, tensor) of the last node in it
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if SCOPES_KEY not in meta or not node.output:
+            continue
+        scopes = [s for s in ast.literal_eval(meta[SCOPES_KEY])[:-1] if s]  # last entry: the op itself
+        for depth, scope in enumerate(scopes):
+            last_node[scope] = (depth, node.output[0])
+    owner: dict[str, tuple[int, str]] = {}
+    for scope, (depth, tensor) in last_node.items():
+        if tensor not in owner or depth > owner[tensor][0]:
+            owner[tensor] = (depth, scope)
+    return {tensor: scope for tensor, (_, scope) in owner.items()}
+
+
+def map_torch_onnx(torch_capture: Capture, onnx_capture: Capture, onnx_model=None) -> Mapping:
+    """PyTorch module path -> ONNX tensor name, in network order."""
+    scopes = module_scopes(onnx_model) if onnx_model is not None else {}
+    if not scopes:
+        return match_by_value(torch_capture, onnx_capture)
+    known = set(torch_capture.tensors)
+    for tensor, scope in list(scopes.items()):
+        if scope not in known:  # a container: the leaf whose output it aliases
+            leaf = next((leaf for leaf, outer in torch_capture.aliases.items() if scope in outer), None)
+            scopes[tensor] = leaf
+    inputs = {n: n for n, k in torch_capture.kinds.items() if k == "input" and n in onnx_capture.tensors}
+    pairs = {**inputs, **{scope: tensor for tensor, scope in scopes.items() if scope and tensor in onnx_capture.tensors}}
+    # What the metadata cannot place (an op called in a forward() outside any submodule, such as
+    # torch.flatten) is matched by value among the tensors left on both sides.
+    rest = match_by_value(
+        Capture({r: v for r, v in torch_capture.tensors.items() if r not in pairs}),
+        Capture({t: v for t, v in onnx_capture.tensors.items() if t not in set(pairs.values())}))
+    pairs.update(rest.pairs)
+    ordered = {r: pairs[r] for r in torch_capture.tensors if r in pairs}
+    return Mapping(ordered, "metadata", rest.unmatched)
+
+
+def node_coverage(model, mapped_tensors: set[str], fusable: tuple[str, ...] = ()) -> dict[str, object]:
+    """How many ONNX nodes (Q/DQ and Constant aside) have their output among `mapped_tensors`.
+
+    `fusable` op types (e.g. Clip, Relu for TFLite, where the converter fuses them into the
+    preceding Conv) also cover their producer when that producer has no other consumer: the fused
+    op's output is the only tensor the candidate has for both nodes.
+    """
+    nodes = [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant")]
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    covered, fused = set(), set()
+    for node in nodes:
+        if node.output and node.output[0] in mapped_tensors:
+            covered.add(node.name)
+    for node in nodes:
+        users = consumers.get(node.output[0], []) if node.output else []
+        if node.name not in covered and len(users) == 1 and users[0].op_type in fusable \
+                and users[0].name in covered:
+            fused.add(node.name)
+    return {"nodes": len(nodes), "mapped": len(covered), "fused": len(fused),
+            "fraction": (len(covered) + len(fused)) / len(nodes) if nodes else 1.0,
+            "unmapped": [n.name for n in nodes if n.name not in covered | fused]}
