@@ -39,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
                        "fp32 (default: all the target's)")
     build.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"])
     build.add_argument("--exclude-node", action="append", help="ONNX node name to keep in float (repeatable)")
+    build.add_argument("--prune", type=float, metavar="RATIO", help="remove this fraction of channels from every "
+                       "prunable layer (Torch-Pruning), then recover")
+    build.add_argument("--prune-method", choices=["l1", "l2", "bn", "taylor"], help="channel importance (default l1)")
+    build.add_argument("--sparsity", type=float, help="also zero this fraction of weights (unstructured; saves "
+                       "package bytes, not CPU time)")
+    build.add_argument("--recover", help="comma-separated recovery after pruning: bn, kd, or none (default bn,kd)")
+    build.add_argument("--recover-steps", type=int, help="distillation steps (default 300)")
+    build.add_argument("--max-accuracy-drop", type=float, help="pruning budget in percentage points (needs "
+                       "labeled --eval data); without --prune, search the ratio")
+    build.add_argument("--min-agreement", type=float, help="pruning budget without labels: top-1 agreement "
+                       "with the original, 0..1")
     build.add_argument("--float-fallback", help="INT8 layers to keep in float in every format: 'auto' (the fewest "
                        "that meet the target's SNR budget) or comma-separated PyTorch module paths / ONNX nodes")
     build.add_argument("--require-gpu", action="store_true", default=None, help="fail (exit 2) instead of "
@@ -56,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
                          "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
     convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
-                         bench=None, require_gpu=None, float_fallback=None)
+                         bench=None, require_gpu=None, float_fallback=None, prune=None, prune_method=None,
+                         sparsity=None, recover=None, recover_steps=None, max_accuracy_drop=None,
+                         min_agreement=None)
 
     bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
     bench.add_argument("path", help="a build folder (every artifact, with on-target parity), or one "
@@ -136,6 +149,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
              "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
              "keep_going": args.keep_going, "require_gpu": args.require_gpu,
              "float_fallback": _fallback(args.float_fallback)}
+    prune = {"ratio": args.prune, "method": args.prune_method, "sparsity": args.sparsity,
+             "recover": None if args.recover is None else [r.strip() for r in args.recover.split(",")
+                                                           if r.strip() not in ("", "none")],
+             "recover_steps": args.recover_steps, "max_accuracy_drop": args.max_accuracy_drop,
+             "min_agreement": args.min_agreement}
+    if any(v is not None for v in prune.values()):
+        given["prune"] = {k: v for k, v in prune.items() if v is not None}
     if args.bench:
         given["bench"] = {k: v for k, v in {"runner": args.runner, "runs": args.runs, "warmup": args.warmup,
                                             "threads": args.threads}.items() if v is not None}
@@ -178,7 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
     from .pipeline import build
-    from .report import Progress, bench_table, summary_table
+    from .report import Progress, bench_table, pruning_line, summary_table
 
     names = [p.name for p in profiles] if profiles else recipe.targets
     if not args.quiet:
@@ -190,6 +210,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         reference = f", reference accuracy {accuracy:.2f}%" if accuracy is not None else ""
         where = result.folder if result.folder else "not packaged: it failed (--keep-going packages anyway)"
         print(f"\n{result.target} -> {where}{reference}", file=sys.stderr)
+        if manifest.get("pruning"):
+            print(pruning_line(manifest["pruning"]), file=sys.stderr)
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
         if result.benchmarks:
             print(bench_table(result.benchmarks), file=sys.stderr)

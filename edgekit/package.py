@@ -89,7 +89,8 @@ def file_record(folder: Path, relative: str) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for package in ("edgekit", "torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
+    for package in ("edgekit", "torch", "onnx", "onnxruntime", "onnxslim", "numpy", "tensorflow", "onnx2tf",
+                    "ai-edge-litert", "torch-pruning"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

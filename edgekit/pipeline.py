@@ -39,6 +39,7 @@ class BuildInputs:
     data: BuildData
     reference: dict[str, np.ndarray]  # the source model's outputs on the held-out inputs
     reference_engine: dict[str, Any]
+    pruning: dict[str, Any] | None = None  # the prune stage's report; the pruned model is the reference
 
     @property
     def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -85,9 +86,13 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         source = sources.load(recipe.model, recipe.weights, recipe.input_shape)
     with progress.step("load calibration and held-out data"):
         data = load_build_data(recipe, source.inputs)
+    pruning = None
+    if recipe.prune:
+        with progress.step("prune and recover"):
+            source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
         reference, engine = _reference_outputs(source, data)
-    shared = BuildInputs(recipe, source, data, reference, engine)
+    shared = BuildInputs(recipe, source, data, reference, engine, pruning)
     package.create_folder(out)
     results = []
     for target in profiles:
@@ -113,6 +118,32 @@ def _bench(request, target: Target, folder: Path, progress: Progress) -> list[di
     with progress.step(f"[{target.name}] bench on {runner}"):
         return bench_folder(folder, target, request.runner, request.runs, request.warmup, request.threads,
                             request.samples)
+
+
+def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[Target]):
+    """The pruned and recovered model replaces the source: it is what gets exported and the parity reference."""
+    import hashlib
+    import json
+    import math
+
+    from .stages.prune import prune
+
+    if source.kind != "torch":
+        raise UserError(f"pruning needs the PyTorch model, and {source.reference} is ONNX: give the model as "
+                        f"`file.py:factory --weights W`, or drop the prune settings")
+    config = recipe.prune
+    if recipe.calibration.data is None and config.recover:
+        raise UserError("pruning recovery learns from the calibration images, and --random-calib has none: "
+                        "pass --calib, or --recover none")
+    if config.round_to == 1:
+        config = dataclasses.replace(config, round_to=math.lcm(*(t.pruning.channel_multiple for t in profiles)))
+    name = source.inputs[0].name
+    result = prune(source.module, source.inputs[0].shape, config, data.calibration.inputs[name],
+                   (data.evaluation.inputs[name], data.evaluation.labels))
+    settings = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    digest = hashlib.sha256(f"{source.sha256}{settings}".encode()).hexdigest()
+    pruned = dataclasses.replace(source, module=result.module, sha256=digest, reference=f"{source.reference} (pruned)")
+    return pruned, result.report
 
 
 def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -288,6 +319,7 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[d
                        "inputs": package.file_record(folder, package.PARITY_INPUTS),
                        "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
         "reference": {**shared.reference_engine, "accuracy": _reference_accuracy(shared)},
+        "pruning": shared.pruning,
         "artifacts": records,
         "failures": failures,
         "recipe": recipe.to_dict(),

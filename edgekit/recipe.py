@@ -14,6 +14,7 @@ import yaml
 
 from . import example, schema
 from .errors import UserError
+from .stages.prune import PruneConfig
 from .targets import CalibrationMethod
 
 QuantizeChoice = Literal["int8", "fp16", "none"]
@@ -67,6 +68,7 @@ class Recipe:
     # INT8 layers kept in float in every format: "auto" (fewest that meet the target's budget) or
     # a list of PyTorch module paths / ONNX node names.
     float_fallback: str | list[str] | None = None
+    prune: PruneConfig | None = None  # channel pruning / sparsity with recovery, before export
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -115,3 +115,17 @@ def divergence_table(result: dict[str, Any]) -> str:
 
 def _db(value: float) -> str:
     return f"{value:8.1f}" if value not in (float("inf"), float("-inf")) else f"{str(value):>8}"
+
+
+def pruning_line(report: dict[str, Any]) -> str:
+    """MACs, parameters and accuracy before and after pruning + recovery, in one line."""
+    before, after = report["original"], report["final"]
+    quality = ""
+    if before.get("accuracy") is not None:
+        quality = f"; float accuracy: original {before['accuracy']:.2f}%, pruned {after['accuracy']:.2f}%"
+    elif after.get("top1_agreement") is not None:
+        quality = f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
+    chosen = report.get("search", {}).get("chosen")
+    ratio = f"ratio {chosen} (searched)" if chosen is not None else f"ratio {report['config']['ratio']}"
+    return (f"pruned ({ratio}): MACs {before['macs']:,} -> {after['macs']:,} ({report['macs_ratio']:.2f}x), "
+            f"parameters {before['parameters']:,} -> {after['parameters']:,}{quality}")

@@ -94,6 +94,11 @@ class TFLite:
 
 
 @dataclass(frozen=True)
+class Pruning:
+    channel_multiple: int = 8  # pruned channel counts stay multiples of this (SIMD width / tensor-core tile)
+
+
+@dataclass(frozen=True)
 class Bench:
     """How `edgekit bench` and `build --bench` measure this target."""
     arch: Literal["arm64", "x86_64"] = "x86_64"  # which machine the docker/qemu runners emulate
@@ -116,6 +121,7 @@ class Target:
     gpu: Gpu | None = None
     runtime: Runtime = field(default_factory=Runtime)
     bench: Bench = field(default_factory=Bench)
+    pruning: Pruning = field(default_factory=Pruning)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
     extends: str | None = None
     source: str = ""

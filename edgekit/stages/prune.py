@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import UserError
+from ..parity import output_metrics
 
 Method = Literal["l1", "l2", "bn", "taylor"]
 Recovery = Literal["bn", "kd"]
@@ -148,9 +149,8 @@ class _Job:
 
     def quality(self, model) -> dict[str, Any]:
         logits = _predict(model, self.eval_x)
-        ref, out = self.reference, logits
-        cosine = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
-        result = {"top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()), "cosine": float(cosine.mean())}
+        metrics = output_metrics(self.reference, logits)
+        result = {"top1_agreement": metrics["top1_agreement"], "cosine": metrics["cosine"]}
         if self.eval_y is not None:
             result["accuracy"] = self._accuracy(logits)
         return result
