@@ -84,10 +84,15 @@ def test_auto_plan_keeps_only_what_is_needed_in_float_in_both_formats(tmp_path):
 def test_layers_named_by_module_path(tmp_path):
     out = tmp_path / "out"
     assert run_cli("build", PLANTED, *DATA, "--target", profile(tmp_path), "--quantize", "int8", "--float-fallback",
-                   "features.6.block.2,features.7.block.2.1,features.8", "--out", out, "--quiet") == 0
+                   "features.6.block.2,features.7.block.2.1,features.8", "--out", out, "--keep-going",
+                   "--quiet") == 0
     plan = read_manifest(out / "arm64-int8")["precision_plan"]
     assert plan["how"] == "named"
-    assert {"features.6.block.2.1", "features.7.block.2.1"} <= {layer["module"] for layer in plan["layers"]}
+    modules = {layer["module"] for layer in plan["layers"]}
+    assert {"features.6.block.2.1", "features.7.block.2.1"} <= modules  # a container names its layers
+    assert any(m.startswith("features.8.") for m in modules)
+    int8 = {a["file"]: a for a in read_manifest(out / "arm64-int8")["artifacts"]}["model.int8.onnx"]
+    assert int8["details"]["float_nodes"] == sorted(plan["float_nodes"])
 
 
 def test_unknown_layer_name_is_a_clear_error(tmp_path, capsys):
