@@ -57,8 +57,9 @@ def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
-             scratch: Path, log: Path) -> list[Artifact]:
+def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log: Path, **options) -> list[list]:
+    """onnx2tf on a copy of the float ONNX, inside `scratch` (offline, writing nothing elsewhere), into
+    scratch/out; returns the calibration files it was given (its -cind argument)."""
     source = scratch / "model.onnx"
     shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
     calib = _calibration_files(calibration, scratch)
@@ -68,15 +69,20 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
         import onnx2tf
 
         try:
-            onnx2tf.convert(
-                input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
-                not_use_onnxsim=True,  # edgekit's ONNX is simplified already (onnxslim)
-                output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
-                output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
-                custom_input_op_name_np_data_path=calib, input_quant_dtype=io_type,
-                output_quant_dtype=io_type, non_verbose=True)
+            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
+                            not_use_onnxsim=True,  # edgekit's ONNX is simplified already (onnxslim)
+                            custom_input_op_name_np_data_path=calib, non_verbose=True, **options)
         except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
             raise _conversion_error(err, log, model) from None
+    return calib
+
+
+def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
+             scratch: Path, log: Path) -> list[Artifact]:
+    run_onnx2tf(fp32, model, calibration, scratch, log,
+                output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
+                output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
+                input_quant_dtype=io_type, output_quant_dtype=io_type)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     artifacts = []
     for precision in precisions:

@@ -34,7 +34,7 @@ from ..layerwise.capture import capture_onnx, capture_tflite, tflite_key
 from ..layerwise.mapping import match_by_value
 from ..runners.litert import silenced
 from . import Artifact
-from .tflite import IO_TYPES, _calibration_files, _check_operators, _conversion_error, _inside, _scheme, _tail
+from .tflite import IO_TYPES, _check_operators, _inside, _scheme, _tail, run_onnx2tf
 
 # ONNX ops the converter folds into the op before them (fused activation, bias / scale folded into a
 # convolution's constants): keeping such a node in float keeps the op it was folded into in float.
@@ -74,21 +74,10 @@ def convert_tflite_int8_with_float_ops(fp32: Artifact, float_onnx_nodes: list[st
 
 def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset, io_type: str, path: Path,
              scratch: Path, log: Path) -> Artifact:
-    source = scratch / "model.onnx"
-    shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
-    calib = _calibration_files(calibration, scratch)
+    # The saved_model only (as onnx2tf writes it for its own INT8 step); it is quantized below.
+    calib = run_onnx2tf(fp32, model, calibration, scratch, log, output_signaturedefs=True)
     with _inside(scratch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import onnx2tf
-
-        try:
-            # The saved_model only (as onnx2tf writes it for its own INT8 step); we quantize it below.
-            onnx2tf.convert(
-                input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
-                not_use_onnxsim=True, output_signaturedefs=True, custom_input_op_name_np_data_path=calib,
-                non_verbose=True)
-        except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
-            raise _conversion_error(err, log, model) from None
         if not (scratch / "out" / "saved_model.pb").is_file():
             raise UserError(f"onnx2tf wrote no TensorFlow saved_model: {_tail(log)}")
         try:
