@@ -41,11 +41,6 @@ class Budget:
     min_snr_db: float | None = None
     max_accuracy_drop: float | None = None  # percentage points below the float model
 
-    @classmethod
-    def from_tolerance(cls, tolerance) -> "Budget":
-        """The INT8 budget a target profile sets (`Tolerance.min_snr_db`, `max_accuracy_drop`)."""
-        return cls(tolerance.min_snr_db, tolerance.max_accuracy_drop)
-
     def met(self, score: Score, float_accuracy: float | None) -> bool:
         if self.min_snr_db is not None and not score.snr_db >= self.min_snr_db:
             return False
