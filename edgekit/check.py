@@ -19,8 +19,8 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     runtime = targets.from_dict(manifest["target"]["profile"], str(folder)).runtime
     evidence_problem = _evidence_problem(folder, manifest)
     if evidence_problem is None:
-        model_io = tuple([TensorSpec.from_dict(d) for d in manifest["model_io"][kind]] for kind in ("inputs", "outputs"))
-        inputs, labels, reference = package.read_parity_data(folder, [spec.name for spec in model_io[0]])
+        names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
+        inputs, labels, reference = package.read_parity_data(folder, names)
     records = []
     for entry in manifest["artifacts"]:
         path = folder / entry["file"]
@@ -31,12 +31,17 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         elif sha256_file(path) != entry["sha256"]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
-            parity = verify(path, entry["format"], runtime, model_io, inputs, reference,
+            parity = verify(path, entry["format"], runtime, artifact_io(entry), inputs, reference,
                             Tolerance(**entry["tolerance"]), labels).parity
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
     return records, manifest["failures"]
+
+
+def artifact_io(entry: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """An artifact's inputs and outputs as its manifest entry records them (names, runtime names, layouts)."""
+    return tuple([TensorSpec.from_dict(d) for d in entry[kind]] for kind in ("inputs", "outputs"))
 
 
 def _evidence_problem(folder: Path, manifest: dict[str, Any]) -> str | None:

@@ -98,13 +98,16 @@ def output_metrics(reference: np.ndarray, actual: np.ndarray) -> dict[str, float
 
 def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: Tolerance,
             labels: np.ndarray | None = None) -> ParityResult:
-    """Compare outputs in the reference's order (artifacts may name their outputs differently)."""
+    """Compare each output with the reference's output of the same name (runners return the reference's
+    names: a TFLite artifact's tensors are paired with them when it is made)."""
     result = ParityResult(samples=len(next(iter(reference.values()))))
-    actual_values = list(actual.values())
-    if len(actual_values) != len(reference):
-        result.error = f"the artifact has {len(actual_values)} outputs, the reference {len(reference)}"
+    missing = [name for name in reference if name not in actual]
+    if missing or len(actual) != len(reference):
+        result.error = (f"the artifact's outputs {sorted(actual)} are not the reference's {sorted(reference)}: "
+                        f"the manifest's pairing of tensors does not fit this file")
         return result
-    for (name, ref), out in zip(reference.items(), actual_values):
+    for name, ref in reference.items():
+        out = actual[name]
         if ref.shape != out.shape:
             result.error = f"output '{name}' has shape {out.shape}, the reference {ref.shape}"
             return result
@@ -117,7 +120,7 @@ def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol
     first_name, first_ref = next(iter(reference.items()))
     if labels is not None and is_classifier(first_ref):
         result.reference_accuracy = accuracy(first_ref, labels)
-        result.accuracy = accuracy(actual_values[0], labels)
+        result.accuracy = accuracy(actual[first_name], labels)
         if tolerance.max_accuracy_drop is not None:
             result.checks.append(Check("accuracy_drop", result.reference_accuracy - result.accuracy,
                                        tolerance.max_accuracy_drop, "max", first_name))

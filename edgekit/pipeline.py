@@ -285,7 +285,7 @@ def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: B
                      gpu: dict[str, Any] | None) -> dict[str, Any]:
     tolerance = target.tolerance(artifact.precision)
     evaluation = shared.data.evaluation
-    checked = verify(artifact.path, artifact.format, target.runtime, shared.model_io, evaluation.inputs,
+    checked = verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs,
                      shared.reference, tolerance, evaluation.labels)
     record = {**package.file_record(folder, artifact.path.name), "format": artifact.format,
               "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],

@@ -24,11 +24,11 @@ class Verification:
     outputs: list[TensorSpec] = field(default_factory=list)
 
 
-def verify(path: Path, artifact_format: str, runtime: Runtime, reference_io: tuple[list[TensorSpec], list[TensorSpec]],
+def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[TensorSpec], list[TensorSpec]] | None,
            inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: Tolerance,
            labels: np.ndarray | None) -> Verification:
     try:
-        runner = open_runner(path, artifact_format, runtime, reference_io)
+        runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
     except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)

@@ -114,17 +114,31 @@ def test_unknown_provider_falls_back(artifact):
     assert report["runtime"]["used"] == "CPUExecutionProvider"
 
 
-def test_tflite_input_preparation():
-    """NCHW data for an NHWC int8 model is transposed and quantized with the tensor's scale/zero point."""
+def test_tflite_tensor_adapter():
+    """A reference-layout float array becomes the runtime tensor and back exactly as the manifest entry says:
+    transposed, quantized with the entry's scale/zero point, and nothing is guessed from shapes (C == H == W)."""
     runner = load_runner()
-    model = object.__new__(runner.TfliteModel)  # no LiteRT needed to test the conversion
-    model.transpose = False
-    detail = {"shape": np.array([1, 4, 4, 3]), "dtype": np.int8, "quantization": (0.5, -3)}
-    x = np.linspace(-80, 80, 48, dtype=np.float32).reshape(1, 3, 4, 4)
-    q = model.prepare(x, detail)
-    assert model.transpose and q.shape == (1, 4, 4, 3) and q.dtype == np.int8
+    entry = {"name": "x", "transpose": [0, 2, 3, 1], "quantization": {"scale": 0.5, "zero_point": -3}}
+    x = np.linspace(-80, 80, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    q = runner.to_runtime(x, entry, np.int8)
     expected = np.clip(np.round(x.transpose(0, 2, 3, 1) / 0.5 - 3), -128, 127)
+    assert q.dtype == np.int8
     np.testing.assert_array_equal(q, expected)
+    back = runner.from_runtime(q, {**entry, "transpose": [0, 3, 1, 2]})
+    np.testing.assert_allclose(back, np.clip(x, (-128 + 3) * 0.5, (127 + 3) * 0.5), atol=0.25)
+    with pytest.raises(ValueError, match="no positive quantization scale"):
+        runner.to_runtime(x, {**entry, "quantization": {"scale": 0.0, "zero_point": 0}}, np.int8)
+
+
+def test_tflite_binding_by_name():
+    """Tensors are found by runtime name, never by position: a reordered output list binds the same."""
+    runner = load_runner()
+    details = [{"name": "PartitionedCall:1", "index": 7}, {"name": "PartitionedCall:0", "index": 5}]
+    entries = [{"name": "boxes", "runtime_name": "PartitionedCall:0"},
+               {"name": "scores", "runtime_name": "PartitionedCall:1"}]
+    assert [d["index"] for d in runner.bind(details, entries, "output")] == [5, 7]
+    with pytest.raises(ValueError, match="no output tensor named 'Identity_2'"):
+        runner.bind(details, [{"name": "boxes", "runtime_name": "Identity_2"}, entries[1]], "output")
 
 
 def test_batches_pad_last():

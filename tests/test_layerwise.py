@@ -139,14 +139,14 @@ def test_example_tflite_maps_to_onnx(example_captures, tmp_path):
     from edgekit.stages.tflite import convert_tflite
 
     calibration, _ = digits()
-    tflite = {a.precision: a.path for a in convert_tflite(example_captures["fp32"], ["fp32", "int8"], calibration,
+    tflite = {a.precision: a for a in convert_tflite(example_captures["fp32"], ["fp32", "int8"], calibration,
                                                           "int8", tmp_path)}
     x = example_captures["x"]
-    float_capture = capture_tflite(tflite["fp32"], x, ["output"])
+    float_capture = capture_tflite(tflite["fp32"].path, x, tflite["fp32"].io)
     mapping = match_by_value(example_captures["onnx"], float_capture)
     coverage = node_coverage(example_captures["graph"], set(mapping.pairs), fusable=("Clip", "Relu"))
     assert coverage["fraction"] >= 0.9, coverage
-    int8_capture = capture_tflite(tflite["int8"], x, ["output"])
+    int8_capture = capture_tflite(tflite["int8"].path, x, tflite["int8"].io)
     assert set(mapping.pairs.values()) <= set(int8_capture.tensors)  # the float mapping fits the int8 model
     to_module = map_torch_onnx(example_captures["torch"], example_captures["onnx"]).pairs
     rows = compare_layers(example_captures["torch"], int8_capture, compose(to_module, mapping.pairs))
@@ -197,14 +197,14 @@ def test_planted_layer_is_the_first_divergence_in_tflite_int8(planted, tmp_path)
 
     from edgekit.stages.tflite import convert_tflite
 
-    tflite = {a.precision: a.path for a in convert_tflite(planted["fp32"], ["fp32", "int8"], planted["calibration"],
+    tflite = {a.precision: a for a in convert_tflite(planted["fp32"], ["fp32", "int8"], planted["calibration"],
                                                           "int8", tmp_path)}
     x = {"input": planted["evaluation"].inputs["input"][:32]}
     graph = onnx.load(str(planted["fp32"].path))
     reference = capture_torch(planted["model"], x)
     onnx_capture = capture_onnx(graph, x)
     to_onnx = map_torch_onnx(reference, onnx_capture).pairs
-    to_tflite = match_by_value(onnx_capture, capture_tflite(tflite["fp32"], x, ["output"])).pairs
-    rows = compare_layers(reference, capture_tflite(tflite["int8"], x, ["output"]), compose(to_onnx, to_tflite))
+    to_tflite = match_by_value(onnx_capture, capture_tflite(tflite["fp32"].path, x, tflite["fp32"].io)).pairs
+    rows = compare_layers(reference, capture_tflite(tflite["int8"].path, x, tflite["int8"].io), compose(to_onnx, to_tflite))
     assert first_divergence(rows, 15.0).reference == PLANTED_MODULE
     assert rows[-1].cosine < 0.9  # and the output collapses

@@ -32,7 +32,7 @@ def test_top1_agreement_and_accuracy_drop():
     ref = np.eye(4)[[0, 1, 2, 3]] * 5.0
     out = np.eye(4)[[0, 1, 2, 0]] * 5.0  # last sample flips from class 3 to class 0
     labels = np.array([0, 1, 2, 3])
-    result = compare({"logits": ref}, {"y": out}, Tolerance(min_top1_agreement=0.9, max_accuracy_drop=1.0), labels)
+    result = compare({"logits": ref}, {"logits": out}, Tolerance(min_top1_agreement=0.9, max_accuracy_drop=1.0), labels)
     assert result.outputs["logits"]["top1_agreement"] == 0.75
     assert (result.reference_accuracy, result.accuracy) == (100.0, 75.0)
     assert not result.passed
@@ -53,3 +53,12 @@ def test_shape_or_count_mismatch_is_an_error_verdict():
     ref = {"o": np.ones((2, 3))}
     assert "shape" in compare(ref, {"o": np.ones((2, 4))}, Tolerance()).error
     assert "outputs" in compare(ref, {"a": np.ones((2, 3)), "b": np.ones(1)}, Tolerance()).error
+
+
+def test_outputs_are_compared_by_name_not_position():
+    """Two outputs of one shape in another order still pair with the reference's of the same name."""
+    boxes, scores = np.arange(12.0).reshape(2, 6), np.linspace(0.1, 0.9, 12).reshape(2, 6)
+    result = compare({"boxes": boxes, "scores": scores}, {"scores": scores, "boxes": boxes},
+                     Tolerance(max_abs_error=0.0))
+    assert result.passed and result.outputs["boxes"]["max_abs_error"] == 0.0
+    assert "not the reference's" in compare({"boxes": boxes}, {"output_0": boxes}, Tolerance()).error

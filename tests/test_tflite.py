@@ -123,7 +123,7 @@ def test_example_parity(converted, digits):
     reference = run_dataset(reference_runner, {"input": x})["output"]
     reference_accuracy = (reference.argmax(1) == y).mean()
     for precision, artifact in artifacts.items():
-        runner = LiteRTRunner(artifact.path, 1, reference_runner.inputs, reference_runner.outputs)
+        runner = LiteRTRunner(artifact.path, 1, artifact.io)
         out = run_dataset(runner, {"input": x})["output"]
         agreement = (out.argmax(1) == reference.argmax(1)).mean()
         if precision == "fp32":
@@ -135,9 +135,8 @@ def test_example_parity(converted, digits):
 @pytest.mark.slow
 def test_nhwc_layout_described_and_applied(converted, digits):
     _, artifacts = converted
-    onnx, _, x, _ = digits
-    reference_runner = OnnxRuntimeRunner(onnx.path, ["CPUExecutionProvider"])
-    runner = LiteRTRunner(artifacts["fp32"].path, 1, reference_runner.inputs, reference_runner.outputs)
+    _, _, x, _ = digits
+    runner = LiteRTRunner(artifacts["fp32"].path, 1, artifacts["fp32"].io)
     (entry,) = runner.inputs
     assert (entry.name, entry.layout, entry.shape, entry.transpose) == ("input", "NHWC", (1, 32, 32, 1), [0, 2, 3, 1])
     assert runner.outputs[0].transpose is None  # (1, 10) logits keep their layout
@@ -188,7 +187,7 @@ def test_three_channel_model_converts_offline(tmp_path, monkeypatch, offline):
     x = rng.uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
     reference = run_dataset(reference_runner, {"image": x})["logits"]
     for artifact in artifacts:
-        runner = LiteRTRunner(artifact.path, 1, reference_runner.inputs, reference_runner.outputs)
+        runner = LiteRTRunner(artifact.path, 1, artifact.io)
         assert runner.inputs[0].transpose == [0, 2, 3, 1]
         out = run_dataset(runner, {"image": x})["logits"]
         limit = 1e-4 if artifact.precision == "fp32" else 0.05 * np.abs(reference).max()

@@ -42,7 +42,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
                 "providers": target.runtime.onnxruntime_providers}
     records = []
     for entry in entries:
-        report, outputs = _run(host, folder / entry["file"], inputs, settings)
+        report, outputs = _run(host, folder / entry["file"], inputs, settings, entry)
         parity = compare(reference, outputs, Tolerance(**entry["tolerance"]), labels)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
@@ -76,7 +76,10 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
     return [{"file": path.name, "host_parity": None, **_record(host, report, settings, parity)}]
 
 
-def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any]):
+def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any],
+         entry: dict[str, Any] | None = None):
+    """Run the device runner on `artifact`; `entry`: its manifest record, whose inputs/outputs tell the
+    runner which tensor is which (without it, the artifact's own names and layout)."""
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         workdir = Path(scratch)
         shutil.copyfile(RUNNER, workdir / "runner.py")
@@ -85,6 +88,9 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
         args = [artifact.name, "--inputs", "inputs.npz", "--out", "result.npz", "--json", "result.json",
                 "--threads", str(settings["threads"]), "--warmup", str(settings["warmup"]),
                 "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"])]
+        if entry is not None:
+            (workdir / "io.json").write_text(json.dumps({k: entry[k] for k in ("inputs", "outputs")}))
+            args += ["--io", "io.json"]
         # Emulation is two to three orders of magnitude slower than native: allow for it.
         host.run(workdir, args, timeout=1800)
         report = json.loads((workdir / "result.json").read_text())
@@ -100,7 +106,8 @@ def _record(host: Host, report: dict[str, Any], settings: dict[str, Any], parity
             "machine": report["machine"], "runtime": report["runtime"], "threads": settings["threads"],
             "warmup": settings["warmup"], "runs": settings["runs"], "samples": report["samples"],
             "latency_ms": report["latency_ms"], "load_ms": report["load_ms"],
-            "first_run_ms": report["first_run_ms"], "peak_rss_mb": report["peak_rss_mb"], "parity": parity}
+            "first_run_ms": report["first_run_ms"], "adaptation_ms": report["adaptation_ms"],
+            "peak_rss_mb": report["peak_rss_mb"], "parity": parity}
 
 
 def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:

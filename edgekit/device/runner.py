@@ -6,7 +6,7 @@ Self-contained on purpose: it needs only the standard library, numpy and the run
 to a phone, a board or a container and run there without edgekit.
 
     python runner.py model.onnx --inputs inputs.npz --out result.npz --json result.json \
-        [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
+        [--io io.json] [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
 """
 import argparse
 import importlib
@@ -80,12 +80,15 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         batch = self.inputs[0].shape[0]
         self.batch = batch if isinstance(batch, int) and batch > 0 else None  # None: dynamic
-        self.transpose = False
 
-    def run(self, arrays):
-        feeds = {i.name: a.astype(ONNX_DTYPES.get(i.type, a.dtype), copy=False)
-                 for i, a in zip(self.inputs, arrays)}
-        return [np.asarray(y, dtype=np.float32) for y in self.session.run(self.output_names, feeds)]
+    def prepare(self, arrays):
+        return [a.astype(ONNX_DTYPES.get(i.type, a.dtype), copy=False) for i, a in zip(self.inputs, arrays)]
+
+    def invoke(self, tensors):
+        return self.session.run(self.output_names, dict(zip(self.input_names, tensors)))
+
+    def finish(self, tensors):
+        return [np.asarray(y, dtype=np.float32) for y in tensors]
 
 
 def load_interpreter():
@@ -100,61 +103,107 @@ def load_interpreter():
     raise SystemExit("no TFLite runtime: pip install ai-edge-litert")
 
 
+# ---- The I/O adapter: the one place where reference-layout float arrays become runtime tensors -------
+# A tensor entry is what the build manifest records per artifact input/output: `name` (the reference
+# model's), `runtime_name` (the runtime's own), `transpose` (inputs: reference -> runtime layout;
+# outputs: runtime -> reference layout) and `quantization` ({scale, zero_point}) for integer tensors.
+
+def bind(details, entries, kind):
+    """Each entry's runtime tensor, found by name (never by position or shape)."""
+    by_name = {d["name"]: d for d in details}
+    bound = []
+    for entry in entries:
+        detail = by_name.get(entry.get("runtime_name") or entry["name"])
+        if detail is None:
+            raise ValueError(f"the model has no {kind} tensor named '{entry.get('runtime_name') or entry['name']}' "
+                             f"(for '{entry['name']}'); its {kind}s are {sorted(by_name)}")
+        bound.append(detail)
+    if len(bound) != len(details):
+        raise ValueError(f"the model has {len(details)} {kind}s, the manifest describes {len(entries)}")
+    return bound
+
+
+def to_runtime(array, entry, dtype):
+    """A reference-layout float array -> the runtime tensor: transposed, then quantized if integer."""
+    if entry.get("transpose"):
+        array = np.transpose(array, entry["transpose"])
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer) and array.dtype.kind == "f":
+        scale, zero_point = _quantization(entry)
+        limits = np.iinfo(dtype)
+        array = np.clip(np.round(array / scale) + zero_point, limits.min, limits.max)
+    return np.ascontiguousarray(array.astype(dtype, copy=False))
+
+
+def from_runtime(array, entry):
+    """A runtime tensor -> a reference-layout float32 array: dequantized, then transposed back."""
+    if np.issubdtype(array.dtype, np.integer) and entry.get("quantization"):
+        scale, zero_point = _quantization(entry)
+        array = (array.astype(np.float32) - zero_point) * scale
+    array = array.astype(np.float32, copy=False)
+    return np.transpose(array, entry["transpose"]) if entry.get("transpose") else array
+
+
+def _quantization(entry):
+    quantization = entry.get("quantization") or {}
+    scale = float(quantization.get("scale") or 0.0)
+    if not scale > 0:
+        raise ValueError(f"integer tensor '{entry['name']}' has no positive quantization scale ({quantization})")
+    return scale, int(quantization.get("zero_point", 0))
+
+
+def own_entries(details):
+    """Entries for a model run with its own names and layout (no manifest at hand)."""
+    entries = []
+    for d in details:
+        scale, zero_point = d["quantization"]
+        entries.append({"name": d["name"], "runtime_name": d["name"],
+                        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None})
+    return entries
+
+
 class TfliteModel:
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, io=None):
+        """`io`: the manifest's {"inputs": [...], "outputs": [...]} for this artifact; None: the file's own."""
         cls, package, version = load_interpreter()
         self.interpreter = cls(model_path=path, num_threads=threads or None)
         self.interpreter.allocate_tensors()
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
-        self.input_names = [d["name"] for d in self.inputs]
-        self.output_names = [d["name"] for d in self.outputs]
+        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        self.input_entries = io["inputs"] if io else own_entries(ins)
+        self.output_entries = io["outputs"] if io else own_entries(outs)
+        self.inputs = bind(ins, self.input_entries, "input")
+        self.outputs = bind(outs, self.output_entries, "output")
+        self.input_names = [e["name"] for e in self.input_entries]
+        self.output_names = [e["name"] for e in self.output_entries]
         self.batch = int(self.inputs[0]["shape"][0])
-        self.transpose = False
         try:  # private API, but the only way to see whether the default XNNPACK delegate took the graph
             ops = {op["op_name"] for op in self.interpreter._get_ops_details()}
             used = "XNNPACK delegate" if "DELEGATE" in ops else "builtin kernels"
-        except Exception:
+        except AttributeError:
             used = "unknown"
         self.runtime = {"name": package, "version": version, "used": used}
 
-    def prepare(self, array, detail):
-        shape = tuple(detail["shape"][1:])
-        if array.ndim == 4 and array.shape[1:] != shape and array.shape[2:] + array.shape[1:2] == shape:
-            array, self.transpose = array.transpose(0, 2, 3, 1), True  # NCHW data, NHWC model
-        if np.issubdtype(detail["dtype"], np.integer) and array.dtype.kind == "f":
-            scale, zero_point = detail["quantization"]
-            limits = np.iinfo(detail["dtype"])
-            array = np.clip(np.round(array / scale + zero_point), limits.min, limits.max)
-        return np.ascontiguousarray(array.astype(detail["dtype"], copy=False))
+    def prepare(self, arrays):
+        """The numpy adaptation an app does before invoking (kept out of the timed call)."""
+        return [to_runtime(a, e, d["dtype"]) for a, e, d in zip(arrays, self.input_entries, self.inputs)]
 
-    def run(self, arrays):
-        for detail, array in zip(self.inputs, arrays):
-            self.interpreter.set_tensor(detail["index"], self.prepare(array, detail))
+    def invoke(self, tensors):
+        for detail, tensor in zip(self.inputs, tensors):
+            self.interpreter.set_tensor(detail["index"], tensor)
         self.interpreter.invoke()
-        results = []
-        for detail in self.outputs:
-            y = self.interpreter.get_tensor(detail["index"]).astype(np.float32)
-            scale, zero_point = detail["quantization"]
-            if np.issubdtype(detail["dtype"], np.integer) and scale:
-                y = (y - zero_point) * scale
-            if self.transpose and y.ndim == 4:
-                y = y.transpose(0, 3, 1, 2)  # back to the layout of the data we were given
-            results.append(y)
-        return results
+        return [self.interpreter.get_tensor(d["index"]) for d in self.outputs]
+
+    def finish(self, tensors):
+        return [from_runtime(t, e) for t, e in zip(tensors, self.output_entries)]
 
 
 def match_inputs(names, data):
-    """Arrays of the npz in model-input order. TFLite renames inputs (serving_default_x:0)."""
-    def plain(name):
-        return name.removeprefix("serving_default_").split(":")[0]
-    by_plain = {plain(k): k for k in data.files}
-    keys = [name if name in data.files else by_plain.get(plain(name)) for name in names]
-    if None in keys and len(names) == 1 and len(data.files) == 1:
-        keys = data.files
-    if None in keys:
-        raise SystemExit(f"inputs {names} not found in npz keys {data.files}")
-    return [data[k] for k in keys]
+    """Arrays of the npz in model-input order, by name (a lone input may take a lone array of any name)."""
+    if all(name in data.files for name in names):
+        return [data[name] for name in names]
+    if len(names) == 1 and len(data.files) == 1:
+        return [data[data.files[0]]]
+    raise SystemExit(f"inputs {names} not found in npz keys {data.files}")
 
 
 def batches(arrays, size):
@@ -187,12 +236,30 @@ def peak_rss_mb():
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
+def run_all(model, arrays, size):
+    """Outputs for every sample, in batches of `size` (the last one padded), and the first call's time."""
+    outputs, first_ms = [], None
+    for chunk, real in batches(arrays, size):
+        tensors = model.prepare(chunk)
+        result, ms = timed(model.invoke, tensors)
+        first_ms = ms if first_ms is None else first_ms
+        outputs.append([y[:real] for y in model.finish(result)])
+    return [np.concatenate([o[i] for o in outputs]) for i in range(len(model.output_names))], first_ms
+
+
+def percentiles(times):
+    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
+            "p99": float(np.percentile(times, 99)), "mean": float(times.mean()), "min": float(times.min())}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
     p.add_argument("--inputs", required=True, help="npz: one array per model input, first axis = samples")
     p.add_argument("--out", required=True, help="npz written with float32 outputs keyed by output name")
     p.add_argument("--json", required=True, help="timings and machine description")
+    p.add_argument("--io", help="json: the manifest's inputs/outputs entries of this artifact (names, "
+                                "runtime names, transposes, quantization); without it, the model's own")
     p.add_argument("--threads", type=int, default=0, help="0: the runtime's default")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=50)
@@ -201,29 +268,30 @@ def main(argv=None):
                    help="ONNX Runtime providers in order of preference; missing ones are skipped")
     args = p.parse_args(argv)
 
+    io = None
+    if args.io:
+        with open(args.io) as f:
+            io = json.load(f)
     suffix = os.path.splitext(args.model)[1].lower()
     if suffix == ".onnx":
         model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
     elif suffix == ".tflite":
-        model, load_ms = timed(TfliteModel, args.model, args.threads)
+        model, load_ms = timed(TfliteModel, args.model, args.threads, io)
     else:
         raise SystemExit(f"unsupported artifact {args.model}: expected .onnx or .tflite")
 
     with np.load(args.inputs) as data:
         arrays = match_inputs(model.input_names, data)
     size = args.batch or model.batch or 32
-    outputs, first_ms = [], None
-    for chunk, real in batches(arrays, size):
-        result, ms = timed(model.run, chunk)
-        first_ms = ms if first_ms is None else first_ms
-        outputs.append([y[:real] for y in result])
-    np.savez(args.out, **{name: np.concatenate([o[i] for o in outputs])
-                          for i, name in enumerate(model.output_names)})
+    outputs, first_ms = run_all(model, arrays, size)
+    np.savez(args.out, **dict(zip(model.output_names, outputs)))
 
     first = next(batches(arrays, model.batch or 1))[0]  # first sample, or first batch if fixed
+    prepared, adapt_ms = timed(model.prepare, first)
     for _ in range(args.warmup):
-        model.run(first)
-    times = np.array([timed(model.run, first)[1] for _ in range(args.runs)] or [np.nan])
+        model.invoke(prepared)
+    # Device time is the runtime's call alone; the numpy adaptation (layout, quantization) is reported apart.
+    times = np.array([timed(model.invoke, prepared)[1] for _ in range(args.runs)] or [np.nan])
     report = {
         "model": os.path.abspath(args.model),
         "samples": len(arrays[0]),
@@ -233,11 +301,10 @@ def main(argv=None):
         "runtime": model.runtime,
         "load_ms": load_ms,
         "first_run_ms": first_ms,
+        "adaptation_ms": adapt_ms,
         "warmup": args.warmup,
         "runs": args.runs,
-        "latency_ms": {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
-                       "p99": float(np.percentile(times, 99)), "mean": float(times.mean()),
-                       "min": float(times.min())},
+        "latency_ms": percentiles(times),
         "peak_rss_mb": peak_rss_mb(),
         "machine": machine_info(),
         "python": platform.python_version(),

@@ -168,17 +168,19 @@ def tflite_key(name: str) -> str:
     return name.split(";")[0]
 
 
-def capture_tflite(path: Path, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> Capture:
+def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Capture:
     """Every activation tensor of a .tflite, dequantized and made channel-first.
 
-    Inputs are taken channel-first (as for the reference) and transposed / quantized like an app
-    does. The graph's inputs and outputs take the names of `inputs` and `output_names`, since
-    TFLite names them differently in float and integer models. Runs the built-in kernels (no
-    XNNPACK delegate): a delegate keeps no intermediate tensors.
+    `io`: the artifact's (inputs, outputs) as the build paired them with the reference model
+    (`runners.litert.bind_io`, recorded in the manifest): inputs are fed through the same adapter as an
+    app, and the graph's inputs and outputs take the reference's names, since TFLite names them
+    differently in float and integer models. Runs the built-in kernels (no XNNPACK delegate): a
+    delegate keeps no intermediate tensors.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from ..runners.litert import channels_last, dequantize, quantize, silenced
+    from ..device import runner as adapter
+    from ..runners.litert import silenced
 
     with silenced():
         interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
@@ -186,9 +188,13 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], output_names: list
         interpreter.allocate_tensors()
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
-    names = {d["index"]: n for d, n in zip(ins, inputs)}
-    names.update({d["index"]: n for d, n in zip(outs, output_names or [f"output_{i}" for i in range(len(outs))])})
-    order, kinds = [d["index"] for d in ins], {d["index"]: "input" for d in ins}
+    in_entries = [s.to_dict() for s in io[0]] if io else adapter.own_entries(ins)
+    out_entries = [s.to_dict() for s in io[1]] if io else adapter.own_entries(outs)
+    in_details = adapter.bind(ins, in_entries, "input")
+    output_entries = {d["index"]: e for d, e in zip(adapter.bind(outs, out_entries, "output"), out_entries)}
+    names = {d["index"]: e["name"] for d, e in zip(in_details, in_entries)}
+    names.update({index: e["name"] for index, e in output_entries.items()})
+    order, kinds = [d["index"] for d in in_details], {d["index"]: "input" for d in in_details}
     for op in interpreter._get_ops_details():  # the only listing of ops and their tensors
         for index in op["outputs"]:
             if index >= 0 and index not in kinds:
@@ -197,13 +203,16 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], output_names: list
     key = {i: names.get(i, tflite_key(details[i]["name"])) for i in order}
     runs = []
     for feeds in _batches(inputs, 1):
-        for detail, value in zip(ins, feeds.values()):
-            value = np.transpose(value, channels_last(value.ndim)) if value.ndim >= 3 else value
-            interpreter.set_tensor(detail["index"], quantize(value, detail))
+        for detail, entry in zip(in_details, in_entries):
+            interpreter.set_tensor(detail["index"], adapter.to_runtime(feeds[entry["name"]], entry, detail["dtype"]))
         interpreter.invoke()
         run = {}
         for index in order:
-            value = dequantize(interpreter.get_tensor(index), details[index])
+            if index in output_entries:  # the graph's outputs: exactly as an app reads them
+                run[key[index]] = adapter.from_runtime(interpreter.get_tensor(index), output_entries[index])
+                continue
+            entry = adapter.own_entries([details[index]])[0]
+            value = adapter.from_runtime(interpreter.get_tensor(index), entry)
             run[key[index]] = np.transpose(value, [0, value.ndim - 1, *range(1, value.ndim - 1)]) \
                 if value.ndim >= 3 else value
         runs.append(run)

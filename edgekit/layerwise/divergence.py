@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import package
 from ..errors import UserError
+from ..check import artifact_io
 from .capture import Capture, capture_onnx, capture_tflite, capture_torch
 from .compare import compare_layers, compose, first_divergence, largest_drop
 from .mapping import map_torch_onnx, match_by_value, node_coverage
@@ -39,10 +40,10 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
         coverage["onnx_nodes_to_pytorch_modules"] = node_coverage(graph, set(to_onnx.values()))
     else:
         reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
-    outputs = [spec["name"] for spec in manifest["model_io"]["outputs"]]
+    entries = {entry["file"]: entry for entry in manifest["artifacts"]}
     float_tflite = None
-    if (folder / FLOAT_TFLITE).is_file():
-        float_tflite = capture_tflite(folder / FLOAT_TFLITE, inputs, outputs)
+    if FLOAT_TFLITE in entries and (folder / FLOAT_TFLITE).is_file():
+        float_tflite = capture_tflite(folder / FLOAT_TFLITE, inputs, artifact_io(entries[FLOAT_TFLITE]))
         onnx_to_tflite = match_by_value(onnx_capture, float_tflite).pairs
         coverage["onnx_nodes_to_tflite_tensors"] = node_coverage(graph, set(onnx_to_tflite), fusable=("Clip", "Relu"))
     threshold = _threshold(manifest)
@@ -54,7 +55,7 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
         if entry["format"] == "onnx":
             candidate, mapping = capture_onnx(path, inputs), to_onnx
         elif float_tflite is not None:
-            candidate = capture_tflite(path, inputs, outputs)
+            candidate = capture_tflite(path, inputs, artifact_io(entry))
             mapping = compose(compose(to_onnx, onnx_to_tflite), align_tflite(float_tflite, candidate))
         else:
             continue  # a TFLite artifact without the float TFLite to map it through

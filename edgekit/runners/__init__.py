@@ -9,12 +9,13 @@ from .base import Runner, run_dataset
 
 
 def open_runner(path: Path, artifact_format: str, runtime: Runtime,
-                reference_io: tuple[list[TensorSpec], list[TensorSpec]] | None = None) -> Runner:
+                io: tuple[list[TensorSpec], list[TensorSpec]] | None = None) -> Runner:
     """The runner that executes `artifact_format` files, set up as the target profile says.
 
-    `reference_io` (the reference model's inputs and outputs) lets a runner whose format changes
-    names or layouts (TFLite) take and return arrays exactly like the reference model; without it the
-    artifact's own names and layouts are used.
+    `io` (the artifact's inputs and outputs paired with the reference model's, as the build made and
+    the manifest records them) lets a runner whose format renames tensors or changes layouts (TFLite)
+    take and return arrays exactly like the reference model; without it the artifact's own names and
+    layouts are used.
     """
     if artifact_format == "onnx":
         from .onnxrt import OnnxRuntimeRunner
@@ -23,7 +24,7 @@ def open_runner(path: Path, artifact_format: str, runtime: Runtime,
     if artifact_format == "tflite":
         from .litert import LiteRTRunner
 
-        return LiteRTRunner(path, runtime.threads, *(reference_io or (None, None)))
+        return LiteRTRunner(path, runtime.threads, io)
     raise ValueError(f"no runner for artifact format '{artifact_format}'")
 
 

@@ -1,14 +1,17 @@
 """LiteRT (TensorFlow Lite) interpreter, fed the same NCHW float arrays as the ONNX model.
 
-A .tflite made by onnx2tf is channel-last and may have integer I/O. This runner does what an app
-must do: transpose each input to the TFLite layout, quantize it with the tensor's scale and zero
-point, then dequantize and transpose each output back to the reference layout.
+A .tflite made by onnx2tf is channel-last, may have integer I/O and names its tensors its own way.
+`bind_io` pairs each of its inputs and outputs with the reference model's by identity (the TFLite
+signature, or onnx2tf's naming), once, when the artifact is made; the manifest records that pairing
+and every runner, here and on the device, feeds the tensors through the same adapter
+(edgekit/device/runner.py: transpose, quantize, dequantize, transpose back).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..device import runner as adapter
 from ..spec import TensorSpec
 from .base import Runner
 
@@ -23,39 +27,32 @@ from .base import Runner
 INTERPRETERS = [("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
                 ("tflite_runtime.interpreter", "Interpreter", "tflite-runtime"),
                 ("tensorflow", "lite.Interpreter", "tensorflow")]
+IO = tuple[list[TensorSpec], list[TensorSpec]]
 
 
 class LiteRTRunner(Runner):
-    def __init__(self, path: Path, threads: int = 1, reference_inputs: list[TensorSpec] | None = None,
-                 reference_outputs: list[TensorSpec] | None = None):
-        """`reference_*`: the source model's I/O, matched to the TFLite tensors by position. Without
-        them, names and layouts are the .tflite file's own and no transpose is applied."""
+    def __init__(self, path: Path, threads: int = 1, io: IO | None = None):
+        """`io`: the artifact's inputs and outputs as `bind_io` paired them (and the manifest records them);
+        without it, names and layouts are the .tflite file's own and no transpose is applied."""
         interpreter_class, self.package, self.version = _interpreter_class()
         # The default op resolver applies the XNNPACK delegate, as LiteRT does on devices.
         with silenced():  # the delegate announces itself on the native stderr
             self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         self.threads = threads
-        self._in = self.interpreter.get_input_details()
-        self._out = self.interpreter.get_output_details()
-        self.input_transposes = _transposes(self._in, reference_inputs, "input")
-        self.output_transposes = _transposes(self._out, reference_outputs, "output")
-        self.inputs = _specs(self._in, reference_inputs, self.input_transposes)
-        self.outputs = _specs(self._out, reference_outputs, [inverse(p) if p else None
-                                                             for p in self.output_transposes])
+        ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        self.inputs, self.outputs = io or (_own_specs(ins), _own_specs(outs))
+        self._in_entries = [s.to_dict() for s in self.inputs]
+        self._out_entries = [s.to_dict() for s in self.outputs]
+        self._in = adapter.bind(ins, self._in_entries, "input")
+        self._out = adapter.bind(outs, self._out_entries, "output")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if len(feeds) != len(self._in):
-            raise ValueError(f"the model has {len(self._in)} inputs, got {len(feeds)} arrays")
-        for detail, perm, value in zip(self._in, self.input_transposes, feeds.values()):
-            value = np.transpose(value, perm) if perm else value
-            self.interpreter.set_tensor(detail["index"], quantize(value, detail))
+        for entry, detail in zip(self._in_entries, self._in):
+            self.interpreter.set_tensor(detail["index"], adapter.to_runtime(feeds[entry["name"]], entry, detail["dtype"]))
         self.interpreter.invoke()
-        results = {}
-        for spec, detail, perm in zip(self.outputs, self._out, self.output_transposes):
-            value = dequantize(self.interpreter.get_tensor(detail["index"]), detail)
-            results[spec.name] = np.transpose(value, inverse(perm)) if perm else value
-        return results
+        return {entry["name"]: adapter.from_runtime(self.interpreter.get_tensor(detail["index"]), entry)
+                for entry, detail in zip(self._out_entries, self._out)}
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "litert", "interpreter": self.package, "version": self.version,
@@ -71,20 +68,126 @@ class LiteRTRunner(Runner):
         return f"XNNPACK ({delegated} partition{'s' * (delegated != 1)})" if delegated else "none (built-in kernels)"
 
 
-def quantize(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero_point = detail["quantization"]
-    if not scale:
-        return value.astype(dtype, copy=False)
-    limits = np.iinfo(dtype)
-    return np.clip(np.round(value / scale) + zero_point, limits.min, limits.max).astype(dtype)
+def bind_io(path: Path, reference: IO, probe: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> IO:
+    """The .tflite's inputs and outputs, each paired with the reference model's tensor of the same identity.
+
+    Pairing is by name: the TFLite signature's keys (onnx2tf names them after the ONNX tensors) or, in
+    onnx2tf's signature-less float files, the input names and `Identity_<k>` for the k-th ONNX output;
+    never by position or shape. Layout comes from shapes (onnx2tf makes 3-D to 5-D inputs channel-last);
+    an output whose shape fits both layouts (C == H == W) is settled on `probe`, one batch of reference
+    inputs and outputs. Raises ValueError naming the tensor that cannot be paired.
+    """
+    runner = LiteRTRunner(path)
+    interpreter = runner.interpreter
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    signature = _signature_names(interpreter)
+    in_details = _pair(ins, reference[0], signature.get("inputs", {}), "input", _input_candidates)
+    out_details = _pair(outs, reference[1], signature.get("outputs", {}), "output", _output_candidates)
+    inputs = [_spec(spec, detail, _input_perm(spec, detail)) for spec, detail in zip(reference[0], in_details)]
+    outputs = []
+    for spec, detail in zip(reference[1], out_details):
+        perms = _output_perms(spec, detail)
+        if len(perms) > 1:
+            perms = [_closest(path, inputs, spec, detail, perms, probe)]
+        outputs.append(_spec(spec, detail, perms[0]))
+    return inputs, outputs
 
 
-def dequantize(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+def _signature_names(interpreter) -> dict[str, dict[str, str]]:
+    """{"inputs"|"outputs": signature key -> runtime tensor name} of the one signature, if there is one."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    by_index = {d["index"]: d["name"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
+    return {kind: {key: by_index[d["index"]] for key, d in details.items()}
+            for kind, details in (("inputs", runner.get_input_details()), ("outputs", runner.get_output_details()))}
+
+
+def _input_candidates(spec: TensorSpec, position: int) -> list[str]:
+    return [spec.name, tf_name(spec.name)]
+
+
+def _output_candidates(spec: TensorSpec, position: int) -> list[str]:
+    # onnx2tf's Keras model returns the ONNX outputs in order; its float TFLite calls them Identity, Identity_1...
+    return [spec.name, tf_name(spec.name), "Identity" if position == 0 else f"Identity_{position}"]
+
+
+def tf_name(onnx_name: str) -> str:
+    """The name onnx2tf gives an ONNX tensor in TensorFlow."""
+    return re.sub("^/", "wa/", onnx_name.replace(":", "__"))
+
+
+def _pair(details: list[dict], reference: list[TensorSpec], signature: dict[str, str], kind: str,
+          candidates) -> list[dict]:
+    if len(details) != len(reference):
+        raise ValueError(f"the .tflite has {len(details)} {kind}s, the reference model {len(reference)}")
+    by_name = {d["name"]: d for d in details}
+    paired = []
+    for position, spec in enumerate(reference):
+        names = candidates(spec, position)
+        found = next((by_name[signature[n]] for n in names if n in signature), None) or \
+            next((by_name[n] for n in names if n in by_name and not signature), None)
+        if found is None and len(details) == 1:
+            found = details[0]  # one tensor on each side: there is nothing to confuse it with
+        if found is None or any(found is d for d in paired):
+            raise ValueError(f"cannot tell which TFLite {kind} is the model's '{spec.name}': the .tflite names "
+                             f"them {sorted(signature) or sorted(by_name)}")
+        paired.append(found)
+    return paired
+
+
+def _input_perm(spec: TensorSpec, detail: dict) -> list[int] | None:
+    shape, want = tuple(spec.shape), tuple(int(d) for d in detail["shape"])
+    perm = channels_last(len(shape)) if len(shape) >= 3 else None
+    if perm and tuple(shape[i] for i in perm) == want:
+        return perm  # also when C == H == W: onnx2tf makes every 3-D to 5-D input channel-last
+    if shape == want:
+        return None
+    raise ValueError(f"input '{spec.name}' {shape} fits neither the TFLite tensor '{detail['name']}' {want} "
+                     f"nor its channel-last transpose")
+
+
+def _output_perms(spec: TensorSpec, detail: dict) -> list[list[int] | None]:
+    """Every perm that takes the TFLite output back to the reference shape: none, channel-first, or both."""
+    shape, have = tuple(spec.shape), tuple(int(d) for d in detail["shape"])
+    perms: list[list[int] | None] = [None] if shape == have else []
+    if len(shape) >= 3:
+        back = inverse(channels_last(len(shape)))
+        if tuple(have[i] for i in back) == shape and back != list(range(len(shape))):
+            perms.append(back)
+    if not perms:
+        raise ValueError(f"output '{spec.name}' {shape} fits neither the TFLite tensor '{detail['name']}' {have} "
+                         f"nor its channel-first transpose")
+    return perms
+
+
+def _closest(path: Path, inputs: list[TensorSpec], spec: TensorSpec, detail: dict,
+             perms: list[list[int] | None], probe) -> list[int] | None:
+    """The layout under which the output agrees with the reference on one batch."""
+    feeds, expected = probe
+    runner = LiteRTRunner(path)
+    runner = LiteRTRunner(path, 1, (inputs, runner.outputs))  # outputs under their own names, as laid out
+    value = runner.run(feeds)[detail["name"]]
+    errors = [float(np.abs((np.transpose(value, perm) if perm else value) - expected[spec.name]).mean())
+              for perm in perms]
+    return perms[int(np.argmin(errors))]
+
+
+def _spec(reference: TensorSpec, detail: dict, perm: list[int] | None) -> TensorSpec:
+    """The tensor as an app sees it, under the reference's name, with the transpose to apply."""
+    shape = tuple(int(d) for d in detail["shape"])
     scale, zero_point = detail["quantization"]
-    if not scale:
-        return value.astype(np.float32, copy=False)
-    return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    channel_last = perm is not None
+    layout = layout_name(len(shape), True) if channel_last else reference.layout
+    return TensorSpec(reference.name, shape, np.dtype(detail["dtype"]).name, layout,
+                      {"scale": float(scale), "zero_point": int(zero_point)} if scale else None, perm, detail["name"])
+
+
+def _own_specs(details: list[dict]) -> list[TensorSpec]:
+    return [TensorSpec(e["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name, None,
+                       e["quantization"], None, e["runtime_name"])
+            for e, d in zip(adapter.own_entries(details), details)]
 
 
 def channels_last(rank: int) -> list[int]:
@@ -122,46 +225,6 @@ def silenced(log: Path | None = None) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-
-
-def _transposes(details: list[dict], reference: list[TensorSpec] | None, kind: str) -> list[list[int] | None]:
-    """Per tensor, the perm from the reference layout to the TFLite one (None: same layout).
-
-    onnx2tf makes every 3-D to 5-D input channel-last; where a shape cannot tell (C == H == W), the
-    channel-last perm is assumed, which is what onnx2tf does.
-    """
-    if reference is None:
-        return [None] * len(details)
-    if len(reference) != len(details):
-        raise ValueError(f"the .tflite has {len(details)} {kind}s, the reference model {len(reference)}")
-    perms = []
-    for detail, spec in zip(details, reference):
-        shape, want = tuple(spec.shape), tuple(int(d) for d in detail["shape"])
-        perm = channels_last(len(shape)) if len(shape) >= 3 else None
-        if perm and tuple(shape[i] for i in perm) == want:
-            perms.append(perm)
-        elif shape == want:
-            perms.append(None)
-        else:
-            raise ValueError(f"{kind} '{spec.name}' {shape} matches neither the TFLite tensor "
-                             f"'{detail['name']}' {want} nor its transpose")
-    return perms
-
-
-def _specs(details: list[dict], reference: list[TensorSpec] | None,
-           perms: list[list[int] | None]) -> list[TensorSpec]:
-    """The tensors as an app sees them, named like the reference's, with the transpose to apply."""
-    specs = []
-    for position, (detail, perm) in enumerate(zip(details, perms)):
-        shape = tuple(int(d) for d in detail["shape"])
-        scale, zero_point = detail["quantization"]
-        reference_layout = reference[position].layout if reference else None
-        layout = layout_name(len(shape), True) if perm else reference_layout
-        specs.append(TensorSpec(reference[position].name if reference else detail["name"], shape,
-                                np.dtype(detail["dtype"]).name, layout,
-                                {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
-                                perm, detail["name"]))
-    return specs
 
 
 def _interpreter_class():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import UserError
-from ..runners.litert import silenced
+from ..runners.litert import bind_io, silenced, tf_name
 from . import Artifact
 
 # precision -> (onnx2tf's file suffix, Artifact.precision)
@@ -84,6 +83,7 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
                 output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
                 input_quant_dtype=io_type, output_quant_dtype=io_type)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
+    reference = ReferenceIO(fp32, calibration)
     artifacts = []
     for precision in precisions:
         suffix, kind = OUTPUTS[precision]
@@ -93,8 +93,28 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
         path = workdir / f"model.{precision}.tflite"
         shutil.move(produced, path)
         artifacts.append(Artifact(path, "tflite", kind, {"made_by": made_by,
-                                                         "scheme": _scheme(precision, io_type, calibration)}))
+                                                         "scheme": _scheme(precision, io_type, calibration)},
+                                  reference.bind(path)))
     return artifacts
+
+
+class ReferenceIO:
+    """The float ONNX model's inputs and outputs, and its outputs on one calibration batch, against which
+    a .tflite's tensors are paired (`runners.litert.bind_io`)."""
+
+    def __init__(self, fp32: Artifact, calibration: Dataset):
+        from ..runners.onnxrt import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(fp32.path, ["CPUExecutionProvider"])
+        self.io = runner.inputs, runner.outputs
+        feeds = {name: array[:runner.inputs[0].shape[0]] for name, array in calibration.inputs.items()}
+        self.probe = feeds, runner.run(feeds)
+
+    def bind(self, path: Path):
+        try:
+            return bind_io(path, self.io, self.probe)
+        except ValueError as err:
+            raise UserError(f"{path.name} cannot be matched to the model's inputs and outputs: {err}") from None
 
 
 def _check_operators(model) -> None:
@@ -118,7 +138,7 @@ def _calibration_files(calibration: Dataset, scratch: Path) -> list[list]:
         path = scratch / f"calib_{len(params)}.npy"
         np.save(path, np.ascontiguousarray(array, dtype=np.float32))
         # onnx2tf feeds (x - mean) / std to the converter: our data is preprocessed already.
-        params.append([_tf_name(name), str(path), np.float32(0.0), np.float32(1.0)])
+        params.append([tf_name(name), str(path), np.float32(0.0), np.float32(1.0)])
     images = [a for a in calibration.inputs.values() if a.ndim == 4]
     if images:
         np.save(scratch / SAMPLE_FILE, _sample_images(images[0]))
@@ -132,11 +152,6 @@ def _sample_images(nchw: np.ndarray) -> np.ndarray:
     cols = np.arange(width) * nchw.shape[3] // width
     picked = nchw[np.arange(count) % len(nchw)][:, np.arange(channels) % nchw.shape[1]]
     return np.ascontiguousarray(picked[:, :, rows][:, :, :, cols].transpose(0, 2, 3, 1), dtype=np.float32)
-
-
-def _tf_name(onnx_name: str) -> str:
-    """The name onnx2tf gives an input in TensorFlow when it quantizes."""
-    return re.sub("^/", "wa/", onnx_name.replace(":", "__"))
 
 
 def _scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..layerwise.capture import capture_onnx, capture_tflite, tflite_key
 from ..layerwise.mapping import match_by_value
 from ..runners.litert import silenced
 from . import Artifact
-from .tflite import IO_TYPES, _check_operators, _inside, _scheme, _tail, run_onnx2tf
+from .tflite import IO_TYPES, ReferenceIO, _check_operators, _inside, _scheme, _tail, run_onnx2tf
 
 # ONNX ops the converter folds into the op before them (fused activation, bias / scale folded into a
 # convolution's constants): keeping such a node in float keeps the op it was folded into in float.
@@ -88,8 +88,9 @@ def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset
                 from None
         (scratch / "calibrated.tflite").write_bytes(calibrated)
         ops = _ops(scratch / "calibrated.tflite")
-        placed, unplaced = (_place(model, float_nodes, ops, scratch / "calibrated.tflite", calibration)
-                            if float_nodes else ({}, []))
+        reference = ReferenceIO(fp32, calibration)
+        placed, unplaced = (_place(model, float_nodes, ops, scratch / "calibrated.tflite", calibration,
+                                   reference.bind(scratch / "calibrated.tflite")) if float_nodes else ({}, []))
         quantized = _quantize(calibrated, io_type, sorted(placed))
         (scratch / "quantized.tflite").write_bytes(quantized)
         float_now = _float_ops(scratch / "quantized.tflite")
@@ -105,7 +106,8 @@ def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset
     fallback = {"float_onnx_nodes": float_nodes, "float_ops": float_ops, "unplaced_onnx_nodes": unplaced,
                 "tflite_ops": len(ops), "int8_ops": len(ops) - len(float_ops)}
     scheme = {**_scheme("int8", io_type, calibration), "float_ops": len(float_ops)}
-    return Artifact(path, "tflite", "int8", {"made_by": made_by, "scheme": scheme, "float_fallback": fallback})
+    return Artifact(path, "tflite", "int8", {"made_by": made_by, "scheme": scheme, "float_fallback": fallback},
+                    reference.bind(path))
 
 
 def _calibrate(saved_model: Path, calib: list[list]) -> bytes:
@@ -190,17 +192,16 @@ def _same_op(name: str, quantized_name: str) -> bool:
 
 
 def _place(model, float_nodes: list[str], ops: dict[str, dict[str, Any]], calibrated: Path,
-           calibration: Dataset) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+           calibration: Dataset, io) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
     """TFLite ops to keep in float ({op name: {onnx_nodes, reason}}) and the nodes with no op of their own."""
     inputs = {name: array[:MAPPING_SAMPLES] for name, array in calibration.inputs.items()}
-    outputs = [o.name for o in model.graph.output]
     reference = capture_onnx(model, inputs)
-    candidate = capture_tflite(calibrated, inputs, outputs)
+    candidate = capture_tflite(calibrated, inputs, io)
     pairs = match_by_value(reference, candidate).pairs  # ONNX tensor -> TFLite key
     # capture_tflite keys a tensor by tflite_key(name), the graph's outputs by the ONNX output names
     by_key = {tflite_key(name): name for name in ops}
-    for onnx_name, tensor in zip(outputs, _output_names(calibrated)):
-        by_key[onnx_name] = next((op for op, info in ops.items() if tensor in info["outputs"]), None)
+    for spec in io[1]:
+        by_key[spec.name] = next((op for op, info in ops.items() if spec.runtime_name in info["outputs"]), None)
     tensor_op = {onnx_name: by_key.get(key) for onnx_name, key in pairs.items()}
     nodes = {node.name: node for node in model.graph.node}
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -265,6 +266,4 @@ def _place(model, float_nodes: list[str], ops: dict[str, dict[str, Any]], calibr
     return placed, unplaced
 
 
-def _output_names(path: Path) -> list[str]:
-    """The .tflite's graph output tensor names, in output order (capture_tflite's order)."""
-    return [d["name"] for d in _interpreter(path).get_output_details()]
+
