@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from . import package, targets
+from .output_kinds import OutputKind
 from .parity import ParityResult
 from .sources import sha256_file
 from .spec import TensorSpec
@@ -32,11 +33,21 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
             parity = verify(path, entry["format"], runtime, artifact_io(entry), inputs, reference,
-                            Tolerance(**entry["tolerance"]), labels).parity
+                            *judged_by(manifest, entry, labels)).parity
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
     return records, manifest["failures"]
+
+
+def judged_by(manifest: dict[str, Any], entry: dict[str, Any], labels):
+    """The recorded limits (per output where the build set them), the labels and the kind of each output."""
+    per_output = entry.get("output_tolerances")
+    tolerance = ({name: Tolerance(**limits) for name, limits in per_output.items()} if per_output
+                 else Tolerance(**entry["tolerance"]))
+    kinds = {spec["name"]: OutputKind.from_dict(spec["kind"]) for spec in manifest["model_io"]["outputs"]
+             if "kind" in spec}
+    return tolerance, labels, kinds
 
 
 def artifact_io(entry: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -213,6 +213,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         if manifest.get("pruning"):
             print(pruning_line(manifest["pruning"]), file=sys.stderr)
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
+        for warning in manifest.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
         if result.benchmarks:
             print(bench_table(result.benchmarks), file=sys.stderr)
         gpu = manifest.get("gpu")

@@ -17,6 +17,7 @@ from .spec import TensorSpec
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 RANDOM_CALIB_SAMPLES, RANDOM_EVAL_SAMPLES = 32, 8
 HELD_OUT_FRACTION = 0.2
+MIN_HELD_OUT = 32  # fewer held-out samples than this make a weak gate: the build says so
 
 
 @dataclass
@@ -37,6 +38,14 @@ class Dataset:
 class BuildData:
     calibration: Dataset
     evaluation: Dataset  # held out: never used for calibration
+
+    def warnings(self) -> list[str]:
+        count = len(self.evaluation)
+        if count >= MIN_HELD_OUT:
+            return []
+        return [f"parity runs on only {count} held-out sample{'s' * (count != 1)} (fewer than {MIN_HELD_OUT}): "
+                f"a gate on so few proves little. Give --eval with {MIN_HELD_OUT} or more samples (labeled, to "
+                f"measure accuracy), or more --calib data (its last {HELD_OUT_FRACTION:.0%} is held out)"]
 
 
 def load_build_data(recipe: Recipe, specs: list[TensorSpec]) -> BuildData:

@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from .output_kinds import OutputKind, by_shape
 from .targets import Tolerance
 
 # (metric, the Tolerance field that limits it, whether the limit is an upper or lower bound)
 OUTPUT_LIMITS = [("max_abs_error", "max_abs_error", "max"), ("max_rel_error", "max_rel_error", "max"),
-                 ("cosine", "min_cosine", "min"), ("snr_db", "min_snr_db", "min"),
-                 ("top1_agreement", "min_top1_agreement", "min")]
+                 ("mean_abs_error", "max_mean_abs_error", "max"), ("cosine", "min_cosine", "min"),
+                 ("snr_db", "min_snr_db", "min"), ("top1_agreement", "min_top1_agreement", "min"),
+                 ("iou", "min_iou", "min")]
+PROBABILITY_THRESHOLD = 0.5
 
 
 @dataclass
@@ -64,14 +67,15 @@ class ParityResult:
 
 
 def is_classifier(output: np.ndarray) -> bool:
-    return output.ndim == 2 and output.shape[1] > 1
+    return by_shape(output.shape).kind == "logits"
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean() * 100.0)
 
 
-def output_metrics(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+def output_metrics(reference: np.ndarray, actual: np.ndarray, kind: OutputKind | None = None) -> dict[str, float]:
+    kind = kind or by_shape(reference.shape)
     ref = reference.astype(np.float64).reshape(len(reference), -1)
     out = actual.astype(np.float64).reshape(len(actual), -1)
     error = np.abs(out - ref)
@@ -91,40 +95,87 @@ def output_metrics(reference: np.ndarray, actual: np.ndarray) -> dict[str, float
         "worst_sample_cosine": float(cosines.min()),
         "snr_db": math.inf if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise)),
     }
-    if is_classifier(reference):
-        metrics["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+    if kind.class_axis is not None and reference.shape[kind.class_axis] > 1:
+        metrics["top1_agreement"] = float((reference.argmax(kind.class_axis) == actual.argmax(kind.class_axis)).mean())
+    if kind.kind == "probability":
+        ref_on, out_on = reference > PROBABILITY_THRESHOLD, actual > PROBABILITY_THRESHOLD
+        union = int((ref_on | out_on).sum())
+        metrics["iou"] = float((ref_on & out_on).sum() / union) if union else 1.0
     return metrics
 
 
-def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: Tolerance,
-            labels: np.ndarray | None = None) -> ParityResult:
+def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray],
+            tolerance: Tolerance | dict[str, Tolerance], labels: np.ndarray | None = None,
+            kinds: dict[str, OutputKind] | None = None) -> ParityResult:
     """Compare each output with the reference's output of the same name (runners return the reference's
-    names: a TFLite artifact's tensors are paired with them when it is made)."""
+    names: a TFLite artifact's tensors are paired with them when it is made). `tolerance`: one for every
+    output, or one per output name; `kinds`: what each output holds (default: guessed from its shape)."""
     result = ParityResult(samples=len(next(iter(reference.values()))))
     missing = [name for name in reference if name not in actual]
     if missing or len(actual) != len(reference):
         result.error = (f"the artifact's outputs {sorted(actual)} are not the reference's {sorted(reference)}: "
                         f"the manifest's pairing of tensors does not fit this file")
         return result
+    kinds = kinds or {}
     for name, ref in reference.items():
         out = actual[name]
         if ref.shape != out.shape:
             result.error = f"output '{name}' has shape {out.shape}, the reference {ref.shape}"
             return result
-        metrics = output_metrics(ref, out)
+        metrics = output_metrics(ref, out, kinds.get(name))
         result.outputs[name] = metrics
+        limits = tolerance[name] if isinstance(tolerance, dict) else tolerance
         for metric, limit_field, bound in OUTPUT_LIMITS:
-            limit = getattr(tolerance, limit_field)
+            limit = getattr(limits, limit_field)
             if limit is not None and metric in metrics:
                 result.checks.append(Check(metric, metrics[metric], limit, bound, name))
-    first_name, first_ref = next(iter(reference.items()))
-    if labels is not None and is_classifier(first_ref):
-        result.reference_accuracy = accuracy(first_ref, labels)
-        result.accuracy = accuracy(actual[first_name], labels)
-        if tolerance.max_accuracy_drop is not None:
+    classifier = classifier_output(reference, kinds)
+    if labels is not None and classifier:
+        result.reference_accuracy = accuracy(reference[classifier], labels)
+        result.accuracy = accuracy(actual[classifier], labels)
+        limits = tolerance[classifier] if isinstance(tolerance, dict) else tolerance
+        if limits.max_accuracy_drop is not None:
             result.checks.append(Check("accuracy_drop", result.reference_accuracy - result.accuracy,
-                                       tolerance.max_accuracy_drop, "max", first_name))
+                                       limits.max_accuracy_drop, "max", classifier))
     return result
+
+
+def classifier_output(outputs: dict[str, np.ndarray], kinds: dict[str, OutputKind] | None = None) -> str | None:
+    """The output labels are class indices of: the first 2-D one with classes along axis 1."""
+    kinds = kinds or {}
+    for name, value in outputs.items():
+        kind = kinds.get(name) or by_shape(value.shape)
+        if value.ndim == 2 and kind.class_axis == 1 and value.shape[1] > 1:
+            return name
+    return None
+
+
+MIN_INTEGER_LEVELS = 16
+
+
+def range_problems(reference: dict[str, np.ndarray], outputs: list, precision: str) -> list[str]:
+    """Outputs whose reference values the artifact's number format cannot represent, each with the fix:
+    integer outputs spanning too few steps of their scale, float16 values below its smallest normal number.
+    `outputs`: the artifact's output TensorSpecs."""
+    problems = []
+    tiny = float(np.finfo(np.float16).tiny)
+    for name, values in reference.items():
+        largest = float(np.abs(values).max())
+        if precision == "fp16" and largest < tiny:
+            problems.append(f"output '{name}' never exceeds {largest:.3g} in magnitude, below float16's smallest "
+                            f"normal number {tiny:.3g}: float16 flushes it to zero (untrained or degenerate "
+                            f"weights?); judge this model on trained weights or ship it in float32")
+    for spec in outputs:
+        if not spec.quantization or spec.name not in reference:
+            continue
+        values, scale = reference[spec.name], spec.quantization["scale"]
+        levels = float(values.max() - values.min()) / scale
+        if levels < MIN_INTEGER_LEVELS:
+            problems.append(f"output '{spec.name}' spans [{values.min():.3g}, {values.max():.3g}], only {levels:.1f} "
+                            f"steps of its {spec.dtype} scale {scale:.3g}: the integer output cannot represent it "
+                            f"(untrained or degenerate weights?); set 'tflite: {{io_type: float32}}' in the target "
+                            f"profile to keep float model outputs")
+    return problems
 
 
 def _show(value: float | None) -> str:

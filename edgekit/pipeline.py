@@ -14,7 +14,8 @@ from .data import BuildData, load_build_data
 from .errors import UserError
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
-from .parity import accuracy, is_classifier
+from .output_kinds import OutputKind
+from .parity import accuracy, classifier_output, range_problems
 from .precision_plan import PrecisionPlan, make_plan
 from .recipe import Recipe
 from .report import Progress
@@ -23,7 +24,7 @@ from .sources import SourceModel
 from .spec import TensorSpec
 from .stages import Artifact
 from .stages.export_onnx import export_onnx
-from .stages.quantize import convert_fp16, quantize_int8
+from .stages.quantize import check_excluded_nodes, convert_fp16, quantize_int8
 from .targets import Target
 from .verify import verify
 
@@ -86,6 +87,8 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         source = sources.load(recipe.model, recipe.weights, recipe.input_shape)
     with progress.step("load calibration and held-out data"):
         data = load_build_data(recipe, source.inputs)
+    for warning in data.warnings():
+        progress.note(f"warning: {warning}")
     pruning = None
     if recipe.prune:
         with progress.step("prune and recover"):
@@ -170,45 +173,56 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
 
 def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> tuple[list[Artifact], list[dict[str, str]], PrecisionPlan | None]:
-    """The target's artifacts, and the conversions that failed: a format that cannot be made does not
-    stop the others; its failure is reported and fails the build."""
+                    label: str) -> tuple[list[Artifact], list[dict[str, str]], PrecisionPlan | None,
+                                         dict[str, OutputKind]]:
+    """The target's artifacts, the conversions that failed (a format that cannot be made does not stop the
+    others; its failure is reported and fails the build), the precision plan and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
     onnx_precisions = chosen_precisions(target.onnx.precisions, recipe.quantize) if "onnx" in target.formats else []
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
         fp32 = export_onnx(shared.source, target.opset, folder)  # the hub, shipped or not
+    kinds = {name: OutputKind.from_dict(data) for name, data in fp32.metadata["output_kinds"].items()}
     artifacts, failures = [fp32] if "fp32" in onnx_precisions else [], []
     tflite_precisions = chosen_precisions(target.tflite.precisions, recipe.quantize) \
         if "tflite" in target.formats else []
     scheme = target.quantization
     if recipe.calibration.method:
         scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
+    if "int8" in onnx_precisions:
+        check_excluded_nodes(fp32, scheme, recipe.calibration.exclude_nodes)
     plan = None
     if recipe.float_fallback and "int8" in onnx_precisions + tflite_precisions:
         how = "auto" if recipe.float_fallback == "auto" else "named layers"
         with progress.step(f"{label} precision plan ({how})"):
             plan = make_plan(recipe.float_fallback, shared.source, fp32, scheme, calibration, target.tolerance("int8"))
     float_nodes = plan.float_nodes if plan else []
-    if "fp16" in onnx_precisions:
-        with progress.step(f"{label} convert to float16"):
-            artifacts.append(convert_fp16(fp32, target.float16, folder))
-    if "int8" in onnx_precisions:
-        with progress.step(f"{label} quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)"):
-            artifacts.append(quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes + float_nodes,
-                                           folder))
-    if tflite_precisions:
+
+    def attempt(stage: str, artifact_format: str, make) -> None:
+        """A format that cannot be made does not stop the others; its failure is recorded and fails the build."""
         try:
-            artifacts += _tflite_artifacts(fp32, tflite_precisions, plan, shared.data.calibration, target, folder,
-                                           progress, label)
+            with progress.step(f"{label} {stage}"):
+                made = make()
         except UserError as err:
-            failures.append({"stage": "convert to TFLite", "format": "tflite", "error": str(err)})
+            failures.append({"stage": stage, "format": artifact_format, "error": str(err)})
+            return
+        artifacts.extend(made if isinstance(made, list) else [made])
+
+    if "fp16" in onnx_precisions:
+        attempt("convert to float16", "onnx", lambda: convert_fp16(fp32, target.float16, folder))
+    if "int8" in onnx_precisions:
+        attempt(f"quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)", "onnx",
+                lambda: quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes + float_nodes,
+                                      folder))
+    if tflite_precisions:
+        attempt(f"convert to TFLite ({', '.join(tflite_precisions)})", "tflite",
+                lambda: _tflite_artifacts(fp32, tflite_precisions, plan, calibration, target, folder))
     if fp32 not in artifacts:
         fp32.path.unlink()
-    return artifacts, failures, plan
+    return artifacts, failures, plan, kinds
 
 
 def _tflite_artifacts(fp32: Artifact, precisions: list[str], plan: PrecisionPlan | None, calibration,
-                      target: Target, folder: Path, progress: Progress, label: str) -> list[Artifact]:
+                      target: Target, folder: Path) -> list[Artifact]:
     """onnx2tf's TFLite files; with a precision plan, the full-integer one keeps the plan's layers float."""
     from .stages.tflite import convert_tflite
     from .stages.tflite_fallback import convert_tflite_int8_with_float_ops
@@ -220,12 +234,11 @@ def _tflite_artifacts(fp32: Artifact, precisions: list[str], plan: PrecisionPlan
     planned = "int8" in precisions and bool(float_nodes)
     unplanned = [p for p in precisions if not (planned and p == "int8")]
     artifacts = []
-    with progress.step(f"{label} convert to TFLite ({', '.join(precisions)})"):
-        if unplanned:
-            artifacts += convert_tflite(fp32, unplanned, calibration, target.tflite.io_type, folder)
-        if planned:
-            artifacts.append(convert_tflite_int8_with_float_ops(fp32, float_nodes, calibration,
-                                                                target.tflite.io_type, folder))
+    if unplanned:
+        artifacts += convert_tflite(fp32, unplanned, calibration, target.tflite.io_type, folder)
+    if planned:
+        artifacts.append(convert_tflite_int8_with_float_ops(fp32, float_nodes, calibration, target.tflite.io_type,
+                                                            folder))
     return artifacts
 
 
@@ -242,14 +255,14 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     gpu = gpu_status(target)
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
-    artifacts, failures, plan = _make_artifacts(shared, target, folder, timings, label)
+    artifacts, failures, plan, kinds = _make_artifacts(shared, target, folder, timings, label)
     evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
         with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
-            records.append(_artifact_record(folder, artifact, target, shared, gpu))
+            records.append(_artifact_record(folder, artifact, target, shared, gpu, kinds))
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
-    manifest = _manifest(shared, target, folder, records, failures)
+    manifest = _manifest(shared, target, folder, records, failures, kinds)
     manifest["gpu"] = gpu
     manifest["precision_plan"] = plan.to_dict() if plan else None
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
@@ -282,17 +295,20 @@ def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
-                     gpu: dict[str, Any] | None) -> dict[str, Any]:
+                     gpu: dict[str, Any] | None, kinds: dict[str, OutputKind]) -> dict[str, Any]:
     tolerance = target.tolerance(artifact.precision)
+    per_output = {name: target.output_tolerance(artifact.precision, name, kind.kind) for name, kind in kinds.items()}
     evaluation = shared.data.evaluation
     checked = verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs,
-                     shared.reference, tolerance, evaluation.labels)
+                     shared.reference, per_output, evaluation.labels, kinds)
     record = {**package.file_record(folder, artifact.path.name), "format": artifact.format,
               "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
               "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
               "verified_on": verified_on(checked.runtime, artifact.precision, gpu),
               "tolerance": dataclasses.asdict(tolerance),
-              "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures()},
+              "output_tolerances": {name: dataclasses.asdict(limits) for name, limits in per_output.items()},
+              "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures(),
+                         "hints": range_problems(shared.reference, checked.outputs, artifact.precision)},
               "details": artifact.metadata}
     if target.gpu and artifact.format == "onnx":
         record["trtexec"] = trtexec_command(target, record)
@@ -300,7 +316,7 @@ def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: B
 
 
 def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]],
-              failures: list[dict[str, str]]) -> dict[str, Any]:
+              failures: list[dict[str, str]], kinds: dict[str, OutputKind]) -> dict[str, Any]:
     recipe, source, data = shared.recipe, shared.source, shared.data
     return {
         "schema": package.MANIFEST_SCHEMA,
@@ -309,16 +325,17 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[d
         "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
                          "files": source.files},
         "model_io": {"inputs": [s.to_dict() for s in shared.model_io[0]],
-                     "outputs": [s.to_dict() for s in shared.model_io[1]]},
+                     "outputs": [{**s.to_dict(), "kind": kinds[s.name].to_dict()} for s in shared.model_io[1]]},
         "preprocessing": dataclasses.asdict(recipe.preprocess) if recipe.preprocess else None,
         "labels": recipe.labels,
         "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
                         "random": recipe.calibration.random and recipe.calibration.data is None},
+        "warnings": data.warnings(),
         "evaluation": {"source": data.evaluation.source, "samples": len(data.evaluation),
                        "labeled": data.evaluation.labels is not None,
                        "inputs": package.file_record(folder, package.PARITY_INPUTS),
                        "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
-        "reference": {**shared.reference_engine, "accuracy": _reference_accuracy(shared)},
+        "reference": {**shared.reference_engine, "accuracy": _reference_accuracy(shared, kinds)},
         "pruning": shared.pruning,
         "artifacts": records,
         "failures": failures,
@@ -327,6 +344,6 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[d
     }
 
 
-def _reference_accuracy(shared: BuildInputs) -> float | None:
-    labels, first = shared.data.evaluation.labels, next(iter(shared.reference.values()))
-    return accuracy(first, labels) if labels is not None and is_classifier(first) else None
+def _reference_accuracy(shared: BuildInputs, kinds: dict[str, OutputKind]) -> float | None:
+    labels, classifier = shared.data.evaluation.labels, classifier_output(shared.reference, kinds)
+    return accuracy(shared.reference[classifier], labels) if labels is not None and classifier else None

@@ -37,20 +37,32 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     rows = [header]
     for record in artifacts:
         parity = record["parity"]
-        first = next(iter(parity["outputs"].values()), {})
+        worst = worst_outputs(parity["outputs"])
         rows.append([
             record["file"], human_size(record["bytes"]),
             "pass" if parity["passed"] else "FAIL",
-            _number(first.get("max_abs_error"), "{:.2e}"), _number(first.get("cosine"), "{:.6f}"),
-            _number(first.get("snr_db"), "{:.1f}"),
-            _number(first.get("top1_agreement"), "{:.1%}"),
+            _number(worst.get("max_abs_error"), "{:.2e}"), _number(worst.get("cosine"), "{:.6f}"),
+            _number(worst.get("snr_db"), "{:.1f}"),
+            _number(worst.get("top1_agreement"), "{:.1%}"),
             _number(parity.get("accuracy"), "{:.2f}%"),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    problems = [f"  {r['file']}: {problem}" for r in artifacts for problem in r["parity"].get("failures", [])]
+    problems = [f"  {r['file']}: {problem}" for r in artifacts
+                for problem in r["parity"].get("failures", []) + r["parity"].get("hints", [])]
     problems += [f"  {f['stage']} FAILED: {f['error']}" for f in failures]
     return "\n".join(lines + problems)
+
+
+def worst_outputs(outputs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each metric at its worst over the outputs (largest error, smallest agreement): one row per artifact."""
+    worst: dict[str, float] = {}
+    for metrics in outputs.values():
+        for key, value in metrics.items():
+            value = float(value)  # "inf" from JSON
+            worse = max if key.startswith(("max_", "mean_")) else min
+            worst[key] = worse(worst[key], value) if key in worst else value
+    return worst
 
 
 def human_size(count: int) -> str:

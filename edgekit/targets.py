@@ -5,6 +5,7 @@ YAML file given by path. `extends: <name>` merges a profile over another one.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,9 +43,11 @@ class Tolerance:
     """Limits one precision's artifacts must meet against the reference model (None: not checked)."""
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    max_mean_abs_error: float | None = None
     min_cosine: float | None = None
     min_snr_db: float | None = None
     min_top1_agreement: float | None = None
+    min_iou: float | None = None  # probability maps thresholded at 0.5
     max_accuracy_drop: float | None = None  # percentage points, when labels are known
 
 
@@ -123,14 +126,35 @@ class Target:
     bench: Bench = field(default_factory=Bench)
     pruning: Pruning = field(default_factory=Pruning)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    # Per kind of output (edgekit.output_kinds: probability, distribution, logits, values), then per output
+    # name, per precision: limits that replace the precision's own key by key; null turns a limit off.
+    kind_tolerances: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    output_tolerances: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     extends: str | None = None
     source: str = ""
+
+    def __post_init__(self):
+        known = {f.name for f in dataclasses.fields(Tolerance)}
+        for section in ("kind_tolerances", "output_tolerances"):
+            for name, precisions in getattr(self, section).items():
+                for precision, limits in precisions.items():
+                    unknown = sorted(set(limits) - known)
+                    if unknown:
+                        raise UserError(f"{self.source or self.name}: unknown key '{section}.{name}.{precision}."
+                                        f"{unknown[0]}' (allowed here: {', '.join(sorted(known))})")
 
     def tolerance(self, precision: str) -> Tolerance:
         if precision not in self.tolerances:
             raise UserError(f"target '{self.name}' ({self.source}) has no tolerances for {precision}: "
                             f"add 'tolerances: {{{precision}: ...}}' to the profile")
         return self.tolerances[precision]
+
+    def output_tolerance(self, precision: str, output: str, kind: str) -> Tolerance:
+        """The limits one output of one precision is judged by: the precision's, then its kind's, then its name's."""
+        limits = dataclasses.asdict(self.tolerance(precision))
+        limits.update(self.kind_tolerances.get(kind, {}).get(precision, {}))
+        limits.update(self.output_tolerances.get(output, {}).get(precision, {}))
+        return Tolerance(**limits)
 
 
 def available() -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .output_kinds import OutputKind
 from .parity import ParityResult, compare
 from .runners import open_runner, run_dataset
 from .spec import TensorSpec
@@ -25,13 +26,14 @@ class Verification:
 
 
 def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[TensorSpec], list[TensorSpec]] | None,
-           inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: Tolerance,
-           labels: np.ndarray | None) -> Verification:
+           inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+           tolerance: Tolerance | dict[str, Tolerance], labels: np.ndarray | None,
+           kinds: dict[str, OutputKind] | None = None) -> Verification:
     try:
         runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
     except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
-    return Verification(compare(reference, outputs, tolerance, labels), runner.describe(), runner.inputs,
+    return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
                         runner.outputs)

@@ -129,7 +129,7 @@ def test_check_recomputes_parity(example_build, tmp_path, capsys):
     folder = tmp_path / "arm64"
     shutil.copytree(example_build / "arm64", folder)
     manifest = read_manifest(folder)
-    manifest["artifacts"][1]["tolerance"]["min_cosine"] = 0.9999999
+    manifest["artifacts"][1]["output_tolerances"]["output"]["min_cosine"] = 0.9999999
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert run_cli("check", folder) == 1
     assert "cosine (output)" in capsys.readouterr().out

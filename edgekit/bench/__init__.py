@@ -18,7 +18,8 @@ from .. import package
 from ..errors import UserError
 from ..gpu import trtexec_command
 from ..parity import compare
-from ..targets import Target, Tolerance
+from ..check import judged_by
+from ..targets import Target
 from .hosts import RUNNER, Host, SshHost, make_host
 
 
@@ -43,7 +44,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
     records = []
     for entry in entries:
         report, outputs = _run(host, folder / entry["file"], inputs, settings, entry)
-        parity = compare(reference, outputs, Tolerance(**entry["tolerance"]), labels)
+        parity = compare(reference, outputs, *judged_by(manifest, entry, labels))
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device

@@ -13,6 +13,21 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
              "tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
+def load_error(path: Path) -> str | None:
+    """Why ONNX Runtime refuses to load `path` (its first line), or None when it loads."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented,
+            state.RuntimeException) as err:
+        return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:400]
+    return None
+
+
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: Path, providers: list[str], threads: int = 1):
         import onnxruntime as ort

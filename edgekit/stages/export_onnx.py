@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from .. import output_kinds
 from ..graph_stats import graph_stats
 from ..sources import SourceModel
 from . import Artifact
@@ -16,7 +17,10 @@ from . import Artifact
 def export_onnx(source: SourceModel, opset: int, workdir: Path) -> Artifact:
     import onnx
 
-    model = _from_torch(source, opset, workdir) if source.kind == "torch" else onnx.load(str(source.onnx_path))
+    if source.kind == "torch":
+        model, opset_note = _from_torch(source, opset, workdir), None
+    else:
+        model, opset_note = to_opset(onnx.load(str(source.onnx_path)), opset)
     model = _simplify(model, source)
     try:
         onnx.checker.check_model(model)
@@ -25,7 +29,37 @@ def export_onnx(source: SourceModel, opset: int, workdir: Path) -> Artifact:
                         f"{str(err).splitlines()[0]}") from None
     path = workdir / "model.fp32.onnx"
     onnx.save(model, str(path))
-    return Artifact(path, "onnx", "fp32", {"made_by": f"onnxslim {_version('onnxslim')}", **graph_stats(model)})
+    details = {"made_by": f"onnxslim {_version('onnxslim')}", **graph_stats(model),
+               "output_kinds": {name: kind.to_dict() for name, kind in output_kinds.detect(model).items()}}
+    if opset_note:
+        details["opset_conversion"] = opset_note
+    return Artifact(path, "onnx", "fp32", details)
+
+
+def model_opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def to_opset(model, opset: int):
+    """An ONNX input at the target's opset (onnx's version converter), and what was done, in words.
+
+    Exporters from other frameworks write old opsets (paddle2onnx: 11), where for example a per-channel
+    DequantizeLinear has no `axis`. Where the converter cannot convert, the model keeps its own opset and
+    later stages adapt to it (per-tensor quantization below opset 13)."""
+    import onnx
+    from onnx import version_converter
+
+    found = model_opset(model)
+    if found == opset:
+        return model, None
+    try:
+        converted = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted)
+    except (onnx.checker.ValidationError, RuntimeError, ValueError) as err:
+        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        return model, {"from": found, "to": found, "converted": False,
+                       "why": f"onnx's version converter could not take opset {found} to {opset}: {detail[:200]}"}
+    return converted, {"from": found, "to": opset, "converted": True}
 
 
 def _from_torch(source: SourceModel, opset: int, workdir: Path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -15,17 +16,70 @@ from ..targets import Float16, Quantization
 from . import Artifact
 
 
+# What to change, in order, when ONNX Runtime refuses to load the quantizer's graph.
+REMEDIES = [({}, None),
+            ({"QuantizeBias": False}, "bias kept in float32"),
+            ({"DedicatedQDQPair": True}, "one QuantizeLinear/DequantizeLinear pair per consumer"),
+            ({"per_channel": False}, "per-tensor weight scales")]
+PER_CHANNEL_OPSET = 13  # DequantizeLinear has an `axis` from opset 13 on
+
+
 def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
                   exclude_nodes: list[str], workdir: Path) -> Artifact:
+    """INT8 QDQ ONNX in the target's scheme. The result is loaded by ONNX Runtime before it is returned;
+    a graph it refuses is re-made with the known remedies (REMEDIES), and the manifest says which one
+    was needed. An artifact that no remedy makes loadable is a stage failure naming the cause."""
     import onnx
+
+    from ..runners.onnxrt import load_error
+    from .export_onnx import model_opset
+
+    model = onnx.load(str(fp32.path))
+    excluded = _excluded_nodes(model, scheme, exclude_nodes)
+    output = workdir / "model.int8.onnx"
+    notes = []
+    if scheme.per_channel and model_opset(model) < PER_CHANNEL_OPSET:
+        scheme = dataclasses.replace(scheme, per_channel=False)
+        notes.append(f"per-tensor weight scales: the graph is at opset {model_opset(model)}, where "
+                     f"DequantizeLinear has no per-channel axis (opset {PER_CHANNEL_OPSET})")
+    errors = []
+    for change, remedy in REMEDIES:
+        if change.get("per_channel") is False and not scheme.per_channel:
+            continue
+        _quantize_static(fp32, model, scheme, calibration, excluded, output, change)
+        error = load_error(output)
+        if error is None:
+            break
+        errors.append(error)
+    else:
+        output.unlink()
+        raise UserError(f"ONNX Runtime cannot load the INT8 model its quantizer wrote ({errors[0]}), even with "
+                        f"{', '.join(r for _, r in REMEDIES if r)}: exclude the node it names with "
+                        f"--exclude-node, or ship without INT8 ONNX (--quantize none)")
+    if remedy:
+        notes.append(f"{remedy}: ONNX Runtime refused the first INT8 graph ({errors[0][:200]})")
+    per_channel = scheme.per_channel and change.get("per_channel", True)
+    quantized = onnx.load(str(output))
+    return Artifact(output, "onnx", "int8", {
+        "made_by": f"onnxruntime.quantization {_ort_version()} quantize_static",
+        "scheme": {"format": "QDQ", "activation_type": scheme.activation_type,
+                   "weight_type": scheme.weight_type, "per_channel": per_channel,
+                   "activation_symmetric": scheme.activation_symmetric,
+                   "weight_symmetric": scheme.weight_symmetric, "reduce_range": scheme.reduce_range,
+                   "op_types": scheme.op_types or "onnxruntime default",
+                   "quantize_bias": scheme.quantize_bias and change.get("QuantizeBias", True),
+                   "calibration": scheme.calibration, "calibration_samples": len(calibration)},
+        "notes": notes, "float_nodes": excluded, **graph_stats(quantized)})
+
+
+def _quantize_static(fp32: Artifact, model, scheme: Quantization, calibration: Dataset, excluded: list[str],
+                     output: Path, change: dict) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    model = onnx.load(str(fp32.path))
-    excluded = _excluded_nodes(model, scheme, exclude_nodes)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -37,31 +91,23 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
         def get_next(self):
             return next(self.batches, None)
 
-    prepared = workdir / "prepared.onnx"
-    output = workdir / "model.int8.onnx"
+    prepared = output.parent / "prepared.onnx"
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": scheme.weight_symmetric,
-             "QuantizeBias": scheme.quantize_bias}
+             "QuantizeBias": scheme.quantize_bias, **{k: v for k, v in change.items() if k != "per_channel"}}
     if scheme.calibration == "percentile":
         extra["CalibPercentile"] = scheme.percentile
     logging.getLogger("root").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                        activation_type=types[scheme.activation_type], weight_type=types[scheme.weight_type],
-                        calibrate_method=methods[scheme.calibration], nodes_to_exclude=excluded,
-                        op_types_to_quantize=scheme.op_types or None, extra_options=extra)
-    prepared.unlink()
-    quantized = onnx.load(str(output))
-    return Artifact(output, "onnx", "int8", {
-        "made_by": f"onnxruntime.quantization {_ort_version()} quantize_static",
-        "scheme": {"format": "QDQ", "activation_type": scheme.activation_type,
-                   "weight_type": scheme.weight_type, "per_channel": scheme.per_channel,
-                   "activation_symmetric": scheme.activation_symmetric,
-                   "weight_symmetric": scheme.weight_symmetric, "reduce_range": scheme.reduce_range,
-                   "op_types": scheme.op_types or "onnxruntime default", "quantize_bias": scheme.quantize_bias,
-                   "calibration": scheme.calibration, "calibration_samples": len(calibration)},
-        "float_nodes": excluded, **graph_stats(quantized)})
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=scheme.per_channel and change.get("per_channel", True),
+                            reduce_range=scheme.reduce_range,
+                            activation_type=types[scheme.activation_type], weight_type=types[scheme.weight_type],
+                            calibrate_method=methods[scheme.calibration], nodes_to_exclude=excluded,
+                            op_types_to_quantize=scheme.op_types or None, extra_options=extra)
+    finally:
+        prepared.unlink(missing_ok=True)
 
 
 def convert_fp16(fp32: Artifact, settings: Float16, workdir: Path) -> Artifact:
@@ -69,16 +115,30 @@ def convert_fp16(fp32: Artifact, settings: Float16, workdir: Path) -> Artifact:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    from ..runners.onnxrt import load_error
+
     kept = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(settings.keep_float_ops))
     model = convert_float_to_float16(onnx.load(str(fp32.path)), keep_io_types=settings.keep_io_types,
                                      op_block_list=kept)
     output = workdir / "model.fp16.onnx"
     onnx.save(model, str(output))
+    error = load_error(output)
+    if error:
+        output.unlink()
+        raise UserError(f"ONNX Runtime cannot load the float16 model its converter wrote ({error}): add the "
+                        f"operator it names to the profile's float16.keep_float_ops")
     present = sorted({n.op_type for n in model.graph.node} & set(kept))
     return Artifact(output, "onnx", "fp16", {
         "made_by": f"onnxruntime.transformers.float16 {_ort_version()}",
         "scheme": {"io_types": "float32" if settings.keep_io_types else "float16",
                    "float32_ops_in_graph": present, "float32_op_list": kept}, **graph_stats(model)})
+
+
+def check_excluded_nodes(fp32: Artifact, scheme: Quantization, requested: list[str]) -> None:
+    """Bad input, found before any stage runs: a node to keep in float that the graph does not have."""
+    import onnx
+
+    _excluded_nodes(onnx.load(str(fp32.path)), scheme, requested)
 
 
 def _excluded_nodes(model, scheme: Quantization, requested: list[str]) -> list[str]:
