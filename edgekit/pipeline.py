@@ -14,6 +14,7 @@ from .data import BuildData, load_build_data
 from .errors import UserError
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
+from .isolation import isolated
 from .output_kinds import OutputKind
 from .parity import accuracy, classifier_output, range_problems
 from .precision_plan import PrecisionPlan, make_plan
@@ -135,6 +136,9 @@ def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[
         raise UserError(f"pruning needs the PyTorch model, and {source.reference} is ONNX: give the model as "
                         f"`file.py:factory --weights W`, or drop the prune settings")
     config = recipe.prune
+    if len(source.inputs) > 1:
+        raise UserError(f"pruning feeds the model one input, and {source.reference} takes {len(source.inputs)}: "
+                        f"drop the prune settings")
     if recipe.calibration.data is None and config.recover:
         raise UserError("pruning recovery learns from the calibration images, and --random-calib has none: "
                         "pass --calib, or --recover none")
@@ -197,15 +201,16 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
             plan = make_plan(recipe.float_fallback, shared.source, fp32, scheme, calibration, target.tolerance("int8"))
     float_nodes = plan.float_nodes if plan else []
 
-    def attempt(stage: str, artifact_format: str, make) -> None:
+    def attempt(stage: str, artifact_format: str, make) -> bool:
         """A format that cannot be made does not stop the others; its failure is recorded and fails the build."""
         try:
             with progress.step(f"{label} {stage}"):
                 made = make()
         except UserError as err:
             failures.append({"stage": stage, "format": artifact_format, "error": str(err)})
-            return
+            return False
         artifacts.extend(made if isinstance(made, list) else [made])
+        return True
 
     if "fp16" in onnx_precisions:
         attempt("convert to float16", "onnx", lambda: convert_fp16(fp32, target.float16, folder))
@@ -213,9 +218,15 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
         attempt(f"quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)", "onnx",
                 lambda: quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes + float_nodes,
                                       folder))
-    if tflite_precisions:
-        attempt(f"convert to TFLite ({', '.join(tflite_precisions)})", "tflite",
-                lambda: _tflite_artifacts(fp32, tflite_precisions, plan, calibration, target, folder))
+    if tflite_precisions and not attempt(f"convert to TFLite ({', '.join(tflite_precisions)})", "tflite",
+                                         lambda: _tflite_artifacts(fp32, tflite_precisions, plan, calibration,
+                                                                   target, folder)):
+        # Calibrating the full-integer model is where TensorFlow fails most (it has crashed on a BiLSTM):
+        # the float and dynamic-range files are made without it.
+        rest = [p for p in tflite_precisions if p != "int8"]
+        if "int8" in tflite_precisions and rest:
+            attempt(f"convert to TFLite without full-integer INT8 ({', '.join(rest)})", "tflite",
+                    lambda: _tflite_artifacts(fp32, rest, plan, calibration, target, folder))
     if fp32 not in artifacts:
         fp32.path.unlink()
     return artifacts, failures, plan, kinds
@@ -235,10 +246,10 @@ def _tflite_artifacts(fp32: Artifact, precisions: list[str], plan: PrecisionPlan
     unplanned = [p for p in precisions if not (planned and p == "int8")]
     artifacts = []
     if unplanned:
-        artifacts += convert_tflite(fp32, unplanned, calibration, target.tflite.io_type, folder)
+        artifacts += isolated("onnx2tf", convert_tflite, fp32, unplanned, calibration, target.tflite.io_type, folder)
     if planned:
-        artifacts.append(convert_tflite_int8_with_float_ops(fp32, float_nodes, calibration, target.tflite.io_type,
-                                                            folder))
+        artifacts.append(isolated("the TFLite INT8 conversion with float layers", convert_tflite_int8_with_float_ops,
+                                  fp32, float_nodes, calibration, target.tflite.io_type, folder))
     return artifacts
 
 

@@ -145,11 +145,26 @@ def _load_factory(reference: str, weights: str | None, input_shape: list[int] | 
         _load_state_dict(model, weights_path)
         files.append(weights_path)
     model.eval()
-    shape = _torch_input_shape(reference, input_shape, getattr(model, "input_shape", None))
-    outputs = _check_forward(model, shape, reference)
+    inputs = _torch_inputs(reference, model, input_shape)
+    outputs = _check_forward(model, inputs, reference)
     digest = _digest(*files) if files else hashlib.sha256(reference.encode()).hexdigest()
-    return SourceModel("torch", reference, digest, [_torch_input(shape)], outputs, module=model,
-                       files=[str(f) for f in files])
+    return SourceModel("torch", reference, digest, inputs, outputs, module=model, files=[str(f) for f in files])
+
+
+def _torch_inputs(reference: str, model, input_shape: list[int] | None) -> list[TensorSpec]:
+    """One input: `--input-shape` or the model's `input_shape`. Several: the model's `input_shapes`, a mapping
+    of input name to shape in the order forward() takes them."""
+    declared = getattr(model, "input_shapes", None)
+    if declared is None:
+        return [_torch_input(_torch_input_shape(reference, input_shape, getattr(model, "input_shape", None)))]
+    if not isinstance(declared, dict) or not declared:
+        raise UserError(f"{reference}(): `input_shapes` must map each input name to its shape, in the order "
+                        f"forward() takes them, e.g. {{'image': (1, 3, 224, 224), 'vector': (1, 8)}}")
+    if input_shape:
+        raise UserError(f"{reference}() declares {len(declared)} inputs (`input_shapes`): set their shapes there, "
+                        f"not with --input-shape")
+    return [TensorSpec(str(name), tuple(int(d) for d in shape), "float32", image_layout(tuple(shape)))
+            for name, shape in declared.items()]
 
 
 def _import(target: str):
@@ -215,16 +230,17 @@ def _torch_input(shape: tuple[int, ...]) -> TensorSpec:
     return TensorSpec("input", shape, "float32", image_layout(shape))
 
 
-def _check_forward(model, shape: tuple[int, ...], reference: str) -> list[TensorSpec]:
-    """Run the model once on zeros: proves the shape fits and tells the outputs."""
+def _check_forward(model, inputs: list[TensorSpec], reference: str) -> list[TensorSpec]:
+    """Run the model once on zeros: proves the shapes fit and tells the outputs."""
     import torch
 
     try:
         with torch.no_grad():
-            result = model(torch.zeros(shape))
-    except Exception as err:
+            result = model(*(torch.zeros(spec.shape) for spec in inputs))
+    except Exception as err:  # whatever the user's forward() raises
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{reference} rejects an input of shape {','.join(map(str, shape))} ({detail}): "
+        shapes = "; ".join(f"{s.name} {','.join(map(str, s.shape))}" for s in inputs)
+        raise UserError(f"{reference} rejects inputs of shape {shapes} ({detail}): "
                         f"pass the --input-shape the model was trained with") from None
     values = list(result) if isinstance(result, (tuple, list)) else [result]
     if not all(isinstance(v, torch.Tensor) for v in values):
@@ -250,7 +266,7 @@ def _load_exported_program(path: Path, input_shape: list[int] | None) -> SourceM
         shape = tuple(input_shape)
     else:
         shape = _resolve_shape("input", dims, input_shape, path)
-    outputs = _check_forward(program.module(), shape, str(path))
+    outputs = _check_forward(program.module(), [_torch_input(shape)], str(path))
     return SourceModel("torch", str(path), _digest(path), [_torch_input(shape)], outputs, module=program,
                        files=[str(path)])
 
@@ -265,7 +281,7 @@ def _load_torchscript(path: Path, input_shape: list[int] | None) -> SourceModel:
                         f"state_dict needs its model, as `file.py:factory --weights {path}`") from None
     module.eval()
     shape = _torch_input_shape(str(path), input_shape, None)
-    outputs = _check_forward(module, shape, str(path))
+    outputs = _check_forward(module, [_torch_input(shape)], str(path))
     return SourceModel("torch", str(path), _digest(path), [_torch_input(shape)], outputs, module=module,
                        files=[str(path)])
 

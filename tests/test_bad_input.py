@@ -101,7 +101,7 @@ def test_recipe_typos_and_wrong_types(tmp_path, capsys, text, words):
 def test_input_shape_that_does_not_match_the_model(tmp_path, capsys):
     code = run_cli("build", example.FACTORY, "--weights", example.WEIGHTS, "--input-shape", "1,3,32,32",
                    "--out", tmp_path / "out", "--quiet")
-    assert_user_error(capsys, tmp_path / "out", code, "rejects an input of shape 1,3,32,32")
+    assert_user_error(capsys, tmp_path / "out", code, "rejects inputs of shape input 1,3,32,32")
 
 
 def test_input_shape_that_does_not_match_an_onnx_model(tmp_path, capsys, example_build):
