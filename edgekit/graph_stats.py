@@ -29,6 +29,9 @@ def graph_stats(model) -> dict[str, Any]:
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "nodes": len(model.graph.node),
         "initializer_bytes": sum(len(numpy_helper.to_array(i).tobytes()) for i in model.graph.initializer),
+        # Every intermediate tensor of one sample as float32: what capturing all of them costs per sample.
+        "activation_bytes": 4 * sum(int(np.prod(shapes[out])) for node in inferred.graph.node
+                                    for out in node.output if out in shapes),
     }
 
 

@@ -30,7 +30,10 @@ from .targets import Target
 from .verify import verify
 
 
-LAYERWISE_SAMPLES = 16  # held-out samples for the per-layer SNR every build records
+LAYERWISE_SAMPLES = 16  # held-out samples for the per-layer SNR every build records, at most
+# Bytes of intermediate tensors one capture may hold (a few captures are held at once): a 640x640 detector
+# gets fewer samples than a 32x32 classifier, so its memory stays bounded.
+LAYERWISE_CAPTURE_BYTES = 256 << 20
 
 
 @dataclass
@@ -289,10 +292,13 @@ def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`."""
     from .layerwise.divergence import divergence, held_out_inputs
 
-    if not (folder / "model.fp32.onnx").is_file():
+    hub = next((a for a in manifest["artifacts"] if a["file"] == "model.fp32.onnx"), None)
+    if hub is None:
         return {"computed": False, "why": "no float ONNX artifact to map layers through"}
+    per_sample = hub["details"]["activation_bytes"]
+    samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
     try:
-        result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, LAYERWISE_SAMPLES))
+        result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
     except Exception as err:  # a diagnostic: its failure must not fail a build whose parity passed
         return {"computed": False, "why": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
     for record in manifest["artifacts"]:

@@ -198,9 +198,13 @@ def test_three_channel_model_converts_offline(tmp_path, monkeypatch, offline):
 
 @pytest.mark.slow
 def test_offline_guard_sees_onnx2tf_download(tmp_path, monkeypatch, offline):
-    """Without our sample-image file onnx2tf goes to the network: proves the guard above can see it."""
+    """Without our sample-image file onnx2tf goes to the network: proves the guard above can see it. The
+    failed conversion is then retried with onnx2tf's documented remedies, and channel-first inputs (which
+    need no sample images) succeed; the artifact says so."""
     monkeypatch.setattr(tflite, "SAMPLE_FILE", "not-the-name-onnx2tf-looks-for.npy")
     calib = Dataset({"image": np.zeros((2, 3, 64, 64), np.float32)}, None, "zeros")
-    with pytest.raises(UserError, match="onnx2tf could not lower the model to TFLite"):
-        tflite.convert_tflite(_rgb_model(tmp_path), ["fp32"], calib, "int8", tmp_path)
+    (artifact,) = tflite.convert_tflite(_rgb_model(tmp_path), ["fp32"], calib, "int8", tmp_path)
     assert offline
+    remedy = artifact.metadata["lowering_remedy"]
+    assert remedy.startswith("onnx2tf with channel-first inputs") and "could not lower the model" in remedy
+    assert artifact.io[0][0].transpose is None  # the input stays NCHW, and the manifest says so

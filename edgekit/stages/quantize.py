@@ -22,6 +22,7 @@ REMEDIES = [({}, None),
             ({"DedicatedQDQPair": True}, "one QuantizeLinear/DequantizeLinear pair per consumer"),
             ({"per_channel": False}, "per-tensor weight scales")]
 PER_CHANNEL_OPSET = 13  # DequantizeLinear has an `axis` from opset 13 on
+HISTOGRAM_BATCHES = 8  # batches whose tensors an entropy / percentile calibrator holds at once
 
 
 def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
@@ -82,20 +83,34 @@ def _quantize_static(fp32: Artifact, model, scheme: Quantization, calibration: D
                "percentile": CalibrationMethod.Percentile}
 
     class Reader(CalibrationDataReader):
+        """Calibration batches; `set_range` lets the histogram calibrators take them a few at a time."""
+
         def __init__(self):
-            batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-            count = len(calibration)
-            self.batches = iter([{k: v[i:i + batch] for k, v in calibration.inputs.items()}
-                                 for i in range(0, count - count % batch, batch)])
+            self.size = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+            self.count = len(calibration) // self.size
+            self.set_range(0, self.count)
+
+        def __len__(self):
+            return self.count
+
+        def set_range(self, start_index: int, end_index: int):
+            self.batches = iter(range(start_index, end_index))
 
         def get_next(self):
-            return next(self.batches, None)
+            index = next(self.batches, None)
+            if index is None:
+                return None
+            return {k: v[index * self.size:(index + 1) * self.size] for k, v in calibration.inputs.items()}
 
     prepared = output.parent / "prepared.onnx"
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": scheme.weight_symmetric,
              "QuantizeBias": scheme.quantize_bias, **{k: v for k, v in change.items() if k != "per_channel"}}
     if scheme.calibration == "percentile":
         extra["CalibPercentile"] = scheme.percentile
+    if scheme.calibration != "minmax":
+        # Histogram calibrators hold every tensor of the batches they are given: give them a few at a time.
+        count = len(calibration) // (model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1)
+        extra["CalibStridedMinMax"] = max(d for d in range(1, min(count, HISTOGRAM_BATCHES) + 1) if count % d == 0)
     logging.getLogger("root").setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -78,10 +78,10 @@ def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log:
 
 def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset, io_type: str, workdir: Path,
              scratch: Path, log: Path) -> list[Artifact]:
-    run_onnx2tf(fp32, model, calibration, scratch, log,
-                output_dynamic_range_quantized_tflite="dynamic_int8" in precisions,
-                output_integer_quantized_tflite="int8" in precisions, quant_type="per-channel",
-                input_quant_dtype=io_type, output_quant_dtype=io_type)
+    options = {"output_dynamic_range_quantized_tflite": "dynamic_int8" in precisions,
+               "output_integer_quantized_tflite": "int8" in precisions, "quant_type": "per-channel",
+               "input_quant_dtype": io_type, "output_quant_dtype": io_type}
+    remedy = _lower(fp32, model, calibration, scratch, log, options)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     reference = ReferenceIO(fp32, calibration)
     artifacts = []
@@ -92,10 +92,36 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
             raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
         path = workdir / f"model.{precision}.tflite"
         shutil.move(produced, path)
-        artifacts.append(Artifact(path, "tflite", kind, {"made_by": made_by,
-                                                         "scheme": _scheme(precision, io_type, calibration)},
-                                  reference.bind(path)))
+        details = {"made_by": made_by, "scheme": _scheme(precision, io_type, calibration)}
+        if remedy:
+            details["lowering_remedy"] = remedy
+        artifacts.append(Artifact(path, "tflite", kind, details, reference.bind(path)))
     return artifacts
+
+
+def _lower(fp32: Artifact, model, calibration: Dataset, scratch: Path, log: Path, options: dict) -> str | None:
+    """onnx2tf as a compiler driver would run it: when it cannot lower the graph, the remedies it documents
+    are tried in turn (the parameter-replacement JSON it writes after a failure, channel-first inputs);
+    returns the remedy that worked (None: none was needed), or raises naming the operator and every remedy."""
+    first_error = None
+    tried = []
+    for remedy in (None, "replacement JSON", "channel-first inputs"):
+        extra = {}
+        if remedy == "replacement JSON":
+            written = sorted((scratch / "out").glob("*_auto.json"))
+            if not written:
+                continue
+            extra["param_replacement_file"] = str(shutil.copy(written[-1], scratch / "replacement.json"))
+        elif remedy == "channel-first inputs":
+            extra["keep_ncw_or_nchw_or_ncdhw_input_names"] = [i.name for i in model.graph.input]
+        shutil.rmtree(scratch / "out", ignore_errors=True)
+        try:
+            run_onnx2tf(fp32, model, calibration, scratch, log, **options, **extra)
+            return f"onnx2tf with {remedy} (it failed as is: {first_error})" if remedy else None
+        except UserError as err:
+            first_error = first_error or str(err)
+            tried.append(remedy or "as is")
+    raise UserError(f"{first_error} (tried: {', '.join(tried)})")
 
 
 class ReferenceIO:
