@@ -173,9 +173,11 @@ def _import(target: str):
         spec = importlib.util.spec_from_file_location(f"edgekit_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, str(path.resolve().parent))  # so the file can import its siblings
+        sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
         try:
             spec.loader.exec_module(module)
         except Exception as err:
+            del sys.modules[spec.name]
             raise UserError(f"importing {path} failed: {type(err).__name__}: {err}") from None
         finally:
             sys.path.remove(str(path.resolve().parent))

@@ -1,6 +1,7 @@
 """ONNX Runtime, with execution providers in the target's order of preference."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ def load_error(path: Path) -> str | None:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented,
             state.RuntimeException) as err:
-        return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:400]
+        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        # "[...] INVALID_GRAPH : Load model from P failed: ... In Node, ("name", Op, ...) : (...) , Error CAUSE"
+        node = re.search(r'In Node, \("([^"]+)", (\w+)', detail)
+        cause = detail.rsplit(" Error ", 1)[-1] if " Error " in detail else detail
+        return (f"{cause.strip()} (node '{node.group(1)}', {node.group(2)})" if node else cause.strip())[:400]
     return None
 
 

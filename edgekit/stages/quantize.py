@@ -58,7 +58,7 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
                         f"{', '.join(r for _, r in REMEDIES if r)}: exclude the node it names with "
                         f"--exclude-node, or ship without INT8 ONNX (--quantize none)")
     if remedy:
-        notes.append(f"{remedy}: ONNX Runtime refused the first INT8 graph ({errors[0][:200]})")
+        notes.append(f"{remedy}: ONNX Runtime refused the first INT8 graph ({errors[0][:300]})")
     per_channel = scheme.per_channel and change.get("per_channel", True)
     quantized = onnx.load(str(output))
     return Artifact(output, "onnx", "int8", {

@@ -28,6 +28,7 @@ from . import Artifact
 OUTPUTS = {"fp32": ("float32", "fp32"), "fp16": ("float16", "fp16"),
            "dynamic_int8": ("dynamic_range_quant", "int8"), "int8": ("full_integer_quant", "int8")}
 IO_TYPES = ("int8", "uint8", "float32")
+PSEUDO_OPS = ("Erf",)  # ONNX ops onnx2tf would lower to TensorFlow (Flex) ops, replaced by its builtin forms
 # onnx2tf downloads this file for models whose inputs are all 4-D with 3 channels unless it is in the
 # working directory; it only feeds onnx2tf's internal shape checks, so our own data does as well.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -81,6 +82,11 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
     options = {"output_dynamic_range_quantized_tflite": "dynamic_int8" in precisions,
                "output_integer_quantized_tflite": "int8" in precisions, "quant_type": "per-channel",
                "input_quant_dtype": io_type, "output_quant_dtype": io_type}
+    # TensorFlow's Erf (exact GELU) becomes a Flex op that LiteRT cannot run: onnx2tf's built-in
+    # replacement writes it with TFLite builtins instead.
+    pseudo = sorted({node.op_type for node in model.graph.node} & set(PSEUDO_OPS))
+    if pseudo:
+        options["replace_to_pseudo_operators"] = pseudo
     remedy = _lower(fp32, model, calibration, scratch, log, options)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     reference = ReferenceIO(fp32, calibration)
@@ -141,6 +147,9 @@ class ReferenceIO:
             return bind_io(path, self.io, self.probe)
         except ValueError as err:
             raise UserError(f"{path.name} cannot be matched to the model's inputs and outputs: {err}") from None
+        except RuntimeError as err:  # LiteRT cannot prepare it, e.g. a TensorFlow (Flex) op left in the graph
+            detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise UserError(f"{path.name} does not load in LiteRT: {detail[:300]}") from None
 
 
 def _check_operators(model) -> None:
@@ -200,8 +209,10 @@ def _conversion_error(err: BaseException, log: Path, model) -> UserError:
 
 
 def _tail(log: Path) -> str:
+    """The log's last error line (TensorFlow's own), else its last line."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(empty log)"
+    errors = [line for line in lines if "Error" in line or "failed" in line]
+    return (errors or lines or ["(empty log)"])[-1][:300]
 
 
 @contextlib.contextmanager
