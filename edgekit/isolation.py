@@ -23,7 +23,7 @@ def isolated(what: str, function: Callable[..., Any], *args: Any) -> Any:
     send.close()
     try:
         wait([receive, child.sentinel])
-        outcome = receive.recv() if receive.poll() else None
+        outcome = _receive(receive)
         child.join()
     except BaseException:  # Ctrl-C or SIGTERM here: the child must not outlive the build
         child.terminate()
@@ -41,6 +41,14 @@ def isolated(what: str, function: Callable[..., Any], *args: Any) -> Any:
     if status == "error":
         raise value
     return value
+
+
+def _receive(receive):
+    """The child's outcome, or None when it died before sending one (the pipe is closed with nothing in it)."""
+    try:
+        return receive.recv() if receive.poll() else None
+    except EOFError:
+        return None
 
 
 def _child(send, function: Callable[..., Any], args: tuple) -> None:

@@ -66,10 +66,6 @@ class ParityResult:
                 "reference_accuracy": self.reference_accuracy, "error": self.error}
 
 
-def is_classifier(output: np.ndarray) -> bool:
-    return by_shape(output.shape).kind == "logits"
-
-
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean() * 100.0)
 

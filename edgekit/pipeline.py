@@ -201,7 +201,9 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     if recipe.float_fallback and "int8" in onnx_precisions + tflite_precisions:
         how = "auto" if recipe.float_fallback == "auto" else "named layers"
         with progress.step(f"{label} precision plan ({how})"):
-            plan = make_plan(recipe.float_fallback, shared.source, fp32, scheme, calibration, target.tolerance("int8"))
+            # The search starts from the INT8 model that ships: the user's excluded nodes stay float in it too.
+            searched = dataclasses.replace(scheme, exclude_nodes=scheme.exclude_nodes + recipe.calibration.exclude_nodes)
+            plan = make_plan(recipe.float_fallback, shared.source, fp32, searched, calibration, target.tolerance("int8"))
     float_nodes = plan.float_nodes if plan else []
 
     def attempt(stage: str, artifact_format: str, make) -> bool:

@@ -25,11 +25,11 @@ class PrecisionPlan:
     float_nodes: list[str]  # ONNX node names
     how: str  # "auto" or "named"
     modules: dict[str, str] = field(default_factory=dict)  # ONNX node -> PyTorch module path, where known
-    search: dict[str, Any] | None = None  # auto: the budget and the scores that chose the nodes
+    search: dict[str, Any] | None = None  # auto: the budget, the scores, evaluations and seconds of the search
     notes: list[str] = field(default_factory=list)  # what the plan changed beyond the float layers
 
     def to_dict(self) -> dict[str, Any]:
-        why = ("the fewest layers that bring INT8 within the budget on the calibration data" if self.how == "auto"
+        why = ("the fewest layers that bring INT8 within the budget on calibration samples" if self.how == "auto"
                else "named by the user")
         return {"how": self.how, "why": why, "float_nodes": self.float_nodes,
                 "layers": [{"onnx_node": n, "module": self.modules.get(n)} for n in self.float_nodes],
@@ -42,10 +42,12 @@ def make_plan(request: str | list[str], source: SourceModel, fp32: Artifact, sch
     if request == "auto":
         from .layerwise import Budget, Evaluator, plan_float_fallback
 
-        # Scored on the calibration data: the held-out data stays untouched for the parity gate.
-        budget = Budget(min_snr_db=tolerance.min_snr_db or DEFAULT_MIN_SNR_DB)
+        # Scored on a few calibration samples: the held-out data stays untouched for the parity gate.
+        budget = Budget(min_snr_db=tolerance.min_snr_db or DEFAULT_MIN_SNR_DB,
+                        max_accuracy_drop=tolerance.max_accuracy_drop,
+                        min_top1_agreement=tolerance.min_top1_agreement)
         plan = plan_float_fallback(Evaluator(fp32, scheme, calibration, calibration), budget)
-        search = {"budget": {"min_snr_db": budget.min_snr_db}, **plan.to_dict()}
+        search = plan.to_dict()
         search.pop("float_nodes")
         modules = _node_modules(source, fp32, calibration) if plan.float_nodes else {}
         return PrecisionPlan(plan.float_nodes, "auto", modules, search)

@@ -54,8 +54,10 @@ def main() -> None:
         print(f"first divergence in {name:<18}: {first['reference']} (SNR {first['snr_db']:.1f} dB, "
               f"per channel {first['channel_snr_db']:.1f} dB)")
     plan = manifests["INT8 + float fallback"]["precision_plan"]
-    print(f"\nplan ({plan['how']}, {plan['search']['evaluations']} quantize+score runs): "
-          f"{len(plan['float_nodes'])} ONNX nodes kept float")
+    search = plan["search"]
+    print(f"\nplan ({plan['how']}, {search['evaluations']} candidates scored on {search['samples']} calibration "
+          f"samples, {search['seconds']['quantize'] + search['seconds']['search']:.1f} s): "
+          f"{search['nodes']['float']} of {search['nodes']['quantized']} quantized ONNX nodes kept float")
     for layer in plan["layers"]:
         print(f"  {layer['onnx_node']:<16} {layer['module'] or '(no PyTorch module of its own)'}")
     coverage = found["coverage"]

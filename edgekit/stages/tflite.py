@@ -28,7 +28,8 @@ from . import Artifact
 OUTPUTS = {"fp32": ("float32", "fp32"), "fp16": ("float16", "fp16"),
            "dynamic_int8": ("dynamic_range_quant", "int8"), "int8": ("full_integer_quant", "int8")}
 IO_TYPES = ("int8", "uint8", "float32")
-PSEUDO_OPS = ("Erf",)  # ONNX ops onnx2tf would lower to TensorFlow (Flex) ops, replaced by its builtin forms
+# ONNX ops onnx2tf would lower to TensorFlow (Flex) ops, and onnx2tf's (lower-case) name for its builtin form.
+PSEUDO_OPS = {"Erf": "erf"}
 # onnx2tf downloads this file for models whose inputs are all 4-D with 3 channels unless it is in the
 # working directory; it only feeds onnx2tf's internal shape checks, so our own data does as well.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -63,6 +64,11 @@ def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log:
     source = scratch / "model.onnx"
     shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
     calib = _calibration_files(calibration, scratch)
+    # TensorFlow's Erf (exact GELU) becomes a Flex op that LiteRT cannot run: onnx2tf's built-in
+    # replacement writes it with TFLite builtins instead.
+    pseudo = sorted({PSEUDO_OPS[node.op_type] for node in model.graph.node if node.op_type in PSEUDO_OPS})
+    if pseudo:
+        options["replace_to_pseudo_operators"] = pseudo
     with _inside(scratch), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx2tf's own use of the deprecated tf.lite.Interpreter
         # Imports TensorFlow, which logs on stderr and probes the temporary directory while importing.
@@ -82,11 +88,6 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
     options = {"output_dynamic_range_quantized_tflite": "dynamic_int8" in precisions,
                "output_integer_quantized_tflite": "int8" in precisions, "quant_type": "per-channel",
                "input_quant_dtype": io_type, "output_quant_dtype": io_type}
-    # TensorFlow's Erf (exact GELU) becomes a Flex op that LiteRT cannot run: onnx2tf's built-in
-    # replacement writes it with TFLite builtins instead.
-    pseudo = sorted({node.op_type for node in model.graph.node} & set(PSEUDO_OPS))
-    if pseudo:
-        options["replace_to_pseudo_operators"] = pseudo
     remedy = _lower(fp32, model, calibration, scratch, log, options)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     reference = ReferenceIO(fp32, calibration)

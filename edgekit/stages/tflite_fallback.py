@@ -76,6 +76,7 @@ def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset
              scratch: Path, log: Path) -> Artifact:
     # The saved_model only (as onnx2tf writes it for its own INT8 step); it is quantized below.
     calib = run_onnx2tf(fp32, model, calibration, scratch, log, output_signaturedefs=True)
+    reference = ReferenceIO(fp32, calibration)
     with _inside(scratch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not (scratch / "out" / "saved_model.pb").is_file():
@@ -88,7 +89,6 @@ def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset
                 from None
         (scratch / "calibrated.tflite").write_bytes(calibrated)
         ops = _ops(scratch / "calibrated.tflite")
-        reference = ReferenceIO(fp32, calibration)
         placed, unplaced = (_place(model, float_nodes, ops, scratch / "calibrated.tflite", calibration,
                                    reference.bind(scratch / "calibrated.tflite")) if float_nodes else ({}, []))
         quantized = _quantize(calibrated, io_type, sorted(placed))
