@@ -94,7 +94,7 @@ def test_auto_plan_brings_int8_back_to_fp32_accuracy_in_few_evaluations(planted)
     assert 1 <= len(plan.float_nodes) <= 6 and "features.6.block.2.1" in plan.modules.values()
     assert search["met"] and search["full_int8"]["snr_db"] < 15 <= search["score"]["snr_db"]
     assert search["nodes"] == {"float": len(plan.float_nodes), "quantized": 27}
-    assert search["budget"]["min_snr_db"] == 15 and search["samples"] == 64
+    assert search["budget"]["min_snr_db"] == 15 and search["samples"] == 128
     assert search["evaluations"] <= 16 and set(search["seconds"]) == {"quantize", "search"}
     int8 = quantize_int8(planted["fp32"], Quantization(), calibration, plan.float_nodes, planted["folder"])
     fp32_accuracy = accuracy(run(planted["fp32"], test.inputs)["output"], test.labels)

@@ -75,7 +75,7 @@ def test_auto_plan_keeps_only_what_is_needed_in_float_in_both_formats(tmp_path):
     search = plan["search"]
     assert search["full_int8"]["snr_db"] < 15 <= search["score"]["snr_db"] and search["met"]
     assert search["nodes"]["float"] == len(plan["float_nodes"]) < search["nodes"]["quantized"]
-    assert search["evaluations"] <= 16 and search["samples"] == 64  # scored on a subset of the calibration data
+    assert search["evaluations"] <= 16 and search["samples"] == 128  # scored on a subset of the calibration data
     by_file = {a["file"]: a for a in manifest["artifacts"]}
     assert by_file["model.int8.onnx"]["details"]["float_nodes"] == sorted(plan["float_nodes"])
     kept = by_file["model.int8.tflite"]["details"]["float_fallback"]

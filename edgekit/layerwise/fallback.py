@@ -21,13 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Dataset
+from ..graph_stats import graph_stats
 from .. import output_kinds
 from ..parity import accuracy, classifier_output, output_metrics
 from ..stages import Artifact
 from ..stages.quantize import quantize_int8
 from ..targets import Quantization
 
-EVAL_SAMPLES = 64  # candidates are scored on at most this many samples (top-1 agreement in 1.6 % steps)
+# Candidates are scored on as many calibration samples as fit SCORE_MACS multiply-accumulates, within
+# [MIN, MAX]: small models get a finer top-1 estimate, a 10 M-parameter recognizer stays within minutes.
+MIN_EVAL_SAMPLES, MAX_EVAL_SAMPLES, SCORE_MACS = 32, 128, 5 * 10**9
 RANK_SAMPLES = 8  # samples of the float run that measures each tensor's quantization noise
 MAX_EVALUATIONS = 40  # the pruning pass stops here
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # ORT's QDQ quantizer removes these when the Q after them clips alike
@@ -110,7 +113,7 @@ class Evaluator:
     most `samples` samples of `evaluation`."""
 
     def __init__(self, fp32: Artifact, scheme: Quantization, calibration: Dataset, evaluation: Dataset,
-                 samples: int = EVAL_SAMPLES):
+                 samples: int | None = None):
         import onnx
 
         start = time.perf_counter()
@@ -124,6 +127,9 @@ class Evaluator:
         self.candidates = [n for n in quantized if n in float_names]
         self.points = _quant_points(self.qdq, self.model, set(quantized), set(self.candidates))
         self.kinds = output_kinds.detect(self.model)
+        if samples is None:
+            per_sample = max(graph_stats(self.model)["macs"] // _batch(self.model), 1)
+            samples = max(MIN_EVAL_SAMPLES, min(MAX_EVAL_SAMPLES, SCORE_MACS // per_sample))
         self.evaluation = _subset(evaluation, samples, _batch(self.model))
         self.reference = _run(self.model, self.evaluation.inputs)
         self.float_score = self._score(self.reference)
