@@ -198,7 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
     from .pipeline import build
-    from .report import Progress, bench_table, pruning_line, summary_table
+    from .report import Progress, bench_table, plan_line, pruning_line, summary_table
 
     names = [p.name for p in profiles] if profiles else recipe.targets
     if not args.quiet:
@@ -213,6 +213,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         if manifest.get("pruning"):
             print(pruning_line(manifest["pruning"]), file=sys.stderr)
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
+        if manifest.get("precision_plan"):
+            print(plan_line(manifest["precision_plan"]), file=sys.stderr)
         for warning in manifest.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
         if result.benchmarks:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,8 +286,18 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
         manifest["layerwise"] = _layerwise(folder, manifest)
     package.write_json(folder / package.MANIFEST, manifest)
     package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
+                                                "peak_rss_mb": peak_rss_mb(),
                                                 "artifacts": records, "failures": failures})
     return manifest
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """The largest resident memory so far of this process and of its largest finished child (onnx2tf)."""
+    import resource
+
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
+    return {"edgekit": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
+            "converters": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
 def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:

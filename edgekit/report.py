@@ -129,6 +129,26 @@ def _db(value: float) -> str:
     return f"{value:8.1f}" if value not in (float("inf"), float("-inf")) else f"{str(value):>8}"
 
 
+def plan_line(plan: dict[str, Any]) -> str:
+    """How many nodes the precision plan keeps float, what that bought and what it costs."""
+    search = plan.get("search")
+    if not search:
+        return f"precision plan ({plan['how']}): {len(plan['float_nodes'])} ONNX nodes kept float"
+    before, after = search["full_int8"], search["score"]
+    line = (f"precision plan (auto): {search['nodes']['float']} of {search['nodes']['quantized']} quantized nodes "
+            f"kept float; on {search['samples']} calibration samples SNR {_number(before['snr_db'], '{:.1f}')} -> "
+            f"{_number(after['snr_db'], '{:.1f}')} dB")
+    if after.get("top1_agreement") is not None:
+        line += f", top-1 agreement {before['top1_agreement']:.1%} -> {after['top1_agreement']:.1%}"
+    line += f", budget {'met' if search['met'] else 'NOT met'} in {search['evaluations']} evaluations"
+    cost = search.get("cost")
+    if cost:
+        size, latency = cost["bytes"], cost["host_latency_ms"]
+        line += (f"; cost: INT8 ONNX {human_size(size['full_int8'])} -> {human_size(size['with_plan'])}, "
+                 f"host latency {latency['full_int8']:.2f} -> {latency['with_plan']:.2f} ms ({cost['measured_on']})")
+    return line
+
+
 def pruning_line(report: dict[str, Any]) -> str:
     """MACs, parameters and accuracy before and after pruning + recovery, in one line."""
     before, after = report["original"], report["final"]

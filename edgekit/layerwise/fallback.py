@@ -401,7 +401,31 @@ def _with_outputs(model, names: list[str]):
     return probe
 
 
-def _session(model):
+def plan_cost(evaluator: Evaluator, float_nodes: list[str], runs: int = 20) -> dict:
+    """What keeping `float_nodes` float costs against full INT8: serialized bytes, and host latency (ONNX
+    Runtime's CPU EP, one thread, median of `runs` calls on one batch): a relative figure, not device time."""
+    import onnxruntime
+
+    feeds = {name: array[:_batch(evaluator.model)] for name, array in evaluator.evaluation.inputs.items()}
+    graphs = {"full_int8": evaluator.qdq, "with_plan": evaluator.candidate(float_nodes)}
+    latency = {}
+    for name, graph in graphs.items():
+        runner = _session(graph, threads=1)
+        for _ in range(3):
+            runner.run(feeds)
+        latency[name] = round(float(np.median([_timed_ms(runner.run, feeds) for _ in range(runs)])), 3)
+    return {"bytes": {name: graph.ByteSize() for name, graph in graphs.items()}, "host_latency_ms": latency,
+            "measured_on": f"ONNX Runtime {onnxruntime.__version__} CPUExecutionProvider, 1 thread, on the build "
+                           f"machine: relative cost, not device latency"}
+
+
+def _timed_ms(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _session(model, threads: int = 0):
     import onnx
 
     from ..runners.onnxrt import OnnxRuntimeRunner
@@ -409,7 +433,7 @@ def _session(model):
     with tempfile.TemporaryDirectory(prefix="edgekit-fallback-") as scratch:
         path = Path(scratch) / "candidate.onnx"
         onnx.save(model, str(path))
-        return OnnxRuntimeRunner(path, ["CPUExecutionProvider"], threads=0)  # 0: ORT's default, every core
+        return OnnxRuntimeRunner(path, ["CPUExecutionProvider"], threads=threads)  # 0: ORT's default, every core
 
 
 def _run(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
