@@ -28,8 +28,6 @@ ARTIFACTS = {"arm64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite"
 RESCUED = {"squeezenet", "text_recognizer", "text_recognizer_lstm"}
 # What cannot be shipped today, with the one line the build gives (README, "Supported model families").
 KNOWN_LIMITS = {
-    # The plan is searched with ONNX Runtime's INT8 and applied to TFLite, whose quantizer differs.
-    ("text_recognizer", "arm64"): {"model.int8.tflite": "top1_agreement (output) = 0.9"},
     # TensorFlow's calibrator crashes on the BiLSTM's WHILE loop: the float TFLite files are still made.
     ("text_recognizer_lstm", "arm64"): {"failure": "crashed (signal SIGSEGV)"},
 }

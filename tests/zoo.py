@@ -196,6 +196,20 @@ def _classifier(model: nn.Module, head: nn.Module) -> nn.Module:
     return _calibrate(model, (x,), [(head, y)])
 
 
+_WEIGHTS = Path(__file__).resolve().parent / "zoo_weights"  # trained state_dicts, written by tools/train_zoo.py
+
+
+def _trained(model: nn.Module, name: str) -> nn.Module:
+    """`model` with the trained weights of family `name` (zoo_weights/<name>.pt) when that file exists, in eval
+    mode. The ridge heads of the init leave many near-tie samples, which INT8 rounding flips; trained weights
+    have large top-1 margins. The factories still run their init first, so the architecture and the untrained
+    fallback stay the same."""
+    path = _WEIGHTS / f"{name}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
              act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -253,7 +267,7 @@ def mobilenet_v3() -> nn.Module:
     model.input_shape = (1, 3, 64, 64)
     x, y = _image_batch(model.input_shape)
     # the hidden Linear centred (mean 0, std 2): its hardswish features then vary more than they share
-    return _calibrate(model, (x,), [(model[-3], 2.0), (model[-1], y)])
+    return _trained(_calibrate(model, (x,), [(model[-3], 2.0), (model[-1], y)]), "mobilenet_v3")
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -291,7 +305,7 @@ def shufflenet() -> nn.Module:
         ShuffleUnit(48, 96, 2), ShuffleUnit(96, 96, 1),
         _conv_bn(96, 192, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(192, CLASSES))
     model.input_shape = (1, 3, 32, 32)
-    return _classifier(model, model[-1])
+    return _trained(_classifier(model, model[-1]), "shufflenet")
 
 
 def efficientnet() -> nn.Module:
@@ -310,7 +324,7 @@ def efficientnet() -> nn.Module:
         InvertedResidual(24, 96, 40, 5, 2, silu, se(96, 6)),
         _conv_bn(40, 160, 1, act=silu), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(160, CLASSES))
     model.input_shape = (1, 3, 48, 48)
-    return _classifier(model, model[-1])
+    return _trained(_classifier(model, model[-1]), "efficientnet")
 
 
 # ---- 4-5: SqueezeNet, ResNet ------------------------------------------------------------------------
@@ -342,7 +356,7 @@ def squeezenet() -> nn.Module:
     model = _classifier(model, model[-4])
     with torch.no_grad():  # logits lifted by 2 std, so that the ReLU rarely clips them into ties at 0
         model[-4].bias += 6.0
-    return model
+    return _trained(model, "squeezenet")
 
 
 class BasicBlock(nn.Module):
@@ -364,7 +378,7 @@ def resnet() -> nn.Module:
         _conv_bn(3, 16), BasicBlock(16, 16), BasicBlock(16, 16), BasicBlock(16, 32, 2), BasicBlock(32, 32),
         BasicBlock(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, CLASSES))
     model.input_shape = (1, 3, 32, 32)
-    return _classifier(model, model[-1])
+    return _trained(_classifier(model, model[-1]), "resnet")
 
 
 # ---- 6: face detector -------------------------------------------------------------------------------
@@ -555,7 +569,7 @@ def two_input() -> nn.Module:
     model.input_shapes = TWO_INPUTS
     data = _two_input_data(256, INIT_SEED)
     inputs = tuple(torch.from_numpy(data[name]) for name in TWO_INPUTS)
-    return _calibrate(model, inputs, [(model.head[-1], data["y"])])
+    return _trained(_calibrate(model, inputs, [(model.head[-1], data["y"])]), "two_input")
 
 
 def two_input_onnx(path: str | Path) -> Path:
