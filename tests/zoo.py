@@ -1,14 +1,14 @@
 """Conformance zoo: small model families that edgekit must build end to end (`edgekit build --target ...`).
 
 Every family is small (32x32..128x32 inputs, up to ~100k parameters), deterministic, and has non-degenerate
-outputs, so INT8 parity means something. Nothing is trained; the weights get a data-driven init on
-image-like inputs (seed INIT_SEED): the first convolution aligned to the image patches, kaiming elsewhere,
-BatchNorm running statistics measured, classifier heads fitted by ridge regression to the classes drawn
-into labeled_images (logit std 3), other heads rescaled to zero-mean outputs of a few units.
-`degeneracy(name)` checks the outputs numerically.
+outputs, so INT8 parity means something. The classifiers carry trained weights (zoo_weights/, made by
+tools/train_zoo.py on labeled_images: 99.5-100 % accuracy, large top-1 margins as in real trained nets).
+The other families get a data-driven init on image-like inputs (seed INIT_SEED): the first convolution
+aligned to the image patches, kaiming elsewhere, BatchNorm running statistics measured, heads rescaled to
+zero-mean outputs of a few units. `degeneracy(name)` checks the outputs numerically.
 
-Torch families are `edgekit build tests/zoo.py:<factory>` (each model carries `input_shape`, or `input_shapes` for several inputs); ONNX families
-are written by a function taking the file path. `FAMILIES` lists them all with their inputs and data
+Torch families are `edgekit build tests/zoo.py:<factory>` (each model carries `input_shape`, or
+`input_shapes` for several inputs); ONNX families are written by a function taking the file path. `FAMILIES` lists them all with their inputs and data
 (`family.data(count, seed)`: one array per input name, plus labels `y` for classifiers, ready for np.savez).
 """
 from __future__ import annotations
