@@ -79,6 +79,7 @@ def test_family_builds_and_passes_parity(zoo_builds, name, target, capsys):
     assert failing == {}
     assert code == 0
     assert manifest["warnings"] == []  # enough held-out samples for the gate
+    assert manifest["layerwise"]["computed"], manifest["layerwise"]  # per-layer SNR maps through every family
     capsys.readouterr()
     assert run_cli("check", folder) == 0
     plan = manifest["precision_plan"]

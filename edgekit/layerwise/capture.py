@@ -28,7 +28,9 @@ def _batches(inputs: dict[str, np.ndarray], batch: int):
 
 
 def _collect(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([run[name] for run in runs]).astype(np.float32, copy=False) for name in runs[0]}
+    """Each tensor's samples joined along the batch axis; scalars (an attention scale) are not layers."""
+    return {name: np.concatenate([run[name] for run in runs]).astype(np.float32, copy=False)
+            for name, value in runs[0].items() if np.ndim(value) > 0}
 
 
 # ---- PyTorch ----------------------------------------------------------------------------------------

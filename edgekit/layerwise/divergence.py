@@ -77,8 +77,11 @@ def align_tflite(reference: Capture, candidate: Capture) -> dict[str, str]:
 
     ours, theirs = ops(reference), ops(candidate)
     if [kind for _, kind in ours] == [kind for _, kind in theirs]:
-        return {a: b for (a, _), (b, _) in zip(ours, theirs)}
-    return {name: name for name in reference.tensors if name in candidate.tensors}
+        pairs = {a: b for (a, _), (b, _) in zip(ours, theirs)}
+    else:
+        pairs = {name: name for name in reference.tensors if name in candidate.tensors}
+    # A pair whose shapes differ is not one tensor (the integer model names or orders some ops otherwise).
+    return {a: b for a, b in pairs.items() if reference.tensors[a].shape == candidate.tensors[b].shape}
 
 
 def _threshold(manifest: dict[str, Any]) -> float:
