@@ -28,9 +28,12 @@ def _batches(inputs: dict[str, np.ndarray], batch: int):
 
 
 def _collect(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Each tensor's samples joined along the batch axis; scalars (an attention scale) are not layers."""
-    return {name: np.concatenate([run[name] for run in runs]).astype(np.float32, copy=False)
-            for name, value in runs[0].items() if np.ndim(value) > 0}
+    """Each tensor's samples joined along the batch axis (one run is taken as it is: no second copy of
+    every tensor); scalars (an attention scale) are not layers."""
+    def joined(name: str) -> np.ndarray:
+        return runs[0][name] if len(runs) == 1 else np.concatenate([run[name] for run in runs])
+
+    return {name: joined(name).astype(np.float32, copy=False) for name, value in runs[0].items() if np.ndim(value) > 0}
 
 
 # ---- PyTorch ----------------------------------------------------------------------------------------
