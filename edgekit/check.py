@@ -32,22 +32,24 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         elif sha256_file(path) != entry["sha256"]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
-            parity = verify(path, entry["format"], runtime, artifact_io(entry), inputs, reference,
-                            *judged_by(manifest, entry, labels)).parity
+            tolerance, kinds = judged_by(manifest, entry)
+            parity = verify(path, entry["format"], runtime, artifact_io(entry), inputs, reference, tolerance, labels,
+                            kinds).parity
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
     return records, manifest["failures"]
 
 
-def judged_by(manifest: dict[str, Any], entry: dict[str, Any], labels):
-    """The recorded limits (per output where the build set them), the labels and the kind of each output."""
+def judged_by(manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[Tolerance | dict[str, Tolerance],
+                                                                       dict[str, OutputKind]]:
+    """The recorded limits of an artifact (per output where the build set them) and the kind of each output."""
     per_output = entry.get("output_tolerances")
     tolerance = ({name: Tolerance(**limits) for name, limits in per_output.items()} if per_output
                  else Tolerance(**entry["tolerance"]))
     kinds = {spec["name"]: OutputKind.from_dict(spec["kind"]) for spec in manifest["model_io"]["outputs"]
              if "kind" in spec}
-    return tolerance, labels, kinds
+    return tolerance, kinds
 
 
 def artifact_io(entry: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__, package, sources, targets
 from .data import BuildData, load_build_data
-from .errors import UserError
+from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
 from .isolation import isolated
@@ -170,7 +170,7 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
         outputs = run_dataset(runner, data.evaluation.inputs)
     except Exception as err:
         engine = "PyTorch" if source.kind == "torch" else "ONNX Runtime"
-        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        detail = first_line(err)
         raise UserError(f"{engine} cannot run the source model {source.reference} on the held-out data: "
                         f"{detail[-300:]}") from None
     for name, value in outputs.items():
@@ -203,8 +203,9 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
         how = "auto" if recipe.float_fallback == "auto" else "named layers"
         with progress.step(f"{label} precision plan ({how})"):
             # The search starts from the INT8 model that ships: the user's excluded nodes stay float in it too.
-            searched = dataclasses.replace(scheme, exclude_nodes=scheme.exclude_nodes + recipe.calibration.exclude_nodes)
-            plan = make_plan(recipe.float_fallback, shared.source, fp32, searched, calibration, target.tolerance("int8"))
+            excluded = scheme.exclude_nodes + recipe.calibration.exclude_nodes
+            plan = make_plan(recipe.float_fallback, shared.source, fp32,
+                             dataclasses.replace(scheme, exclude_nodes=excluded), calibration, target.tolerance("int8"))
     float_nodes = plan.float_nodes if plan else []
 
     def attempt(stage: str, artifact_format: str, make) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .spec import TensorSpec, image_layout
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
@@ -102,8 +102,8 @@ def read_onnx(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is not a valid ONNX model ({first_line}): re-export it, "
+        detail = first_line(err)
+        raise UserError(f"{path} is not a valid ONNX model ({detail}): re-export it, "
                         f"or check that the file was copied completely") from None
     return model
 
@@ -240,7 +240,7 @@ def _check_forward(model, inputs: list[TensorSpec], reference: str) -> list[Tens
         with torch.no_grad():
             result = model(*(torch.zeros(spec.shape) for spec in inputs))
     except Exception as err:  # whatever the user's forward() raises
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         shapes = "; ".join(f"{s.name} {','.join(map(str, s.shape))}" for s in inputs)
         raise UserError(f"{reference} rejects inputs of shape {shapes} ({detail}): "
                         f"pass the --input-shape the model was trained with") from None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import first_line
 from .output_kinds import OutputKind
 from .parity import ParityResult, compare
 from .runners import open_runner, run_dataset
@@ -33,7 +34,7 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
         runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
     except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
-        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
     return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
                         runner.outputs)

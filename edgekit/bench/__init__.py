@@ -44,7 +44,8 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
     records = []
     for entry in entries:
         report, outputs = _run(host, folder / entry["file"], inputs, settings, entry)
-        parity = compare(reference, outputs, *judged_by(manifest, entry, labels))
+        tolerance, kinds = judged_by(manifest, entry)
+        parity = compare(reference, outputs, tolerance, labels, kinds)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device

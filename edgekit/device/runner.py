@@ -152,14 +152,15 @@ def _quantization(entry):
     return scale, int(quantization.get("zero_point", 0))
 
 
+def quantization_of(detail):
+    """A LiteRT tensor detail's {scale, zero_point}, or None for a float tensor."""
+    scale, zero_point = detail["quantization"]
+    return {"scale": float(scale), "zero_point": int(zero_point)} if scale else None
+
+
 def own_entries(details):
     """Entries for a model run with its own names and layout (no manifest at hand)."""
-    entries = []
-    for d in details:
-        scale, zero_point = d["quantization"]
-        entries.append({"name": d["name"], "runtime_name": d["name"],
-                        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None})
-    return entries
+    return [{"name": d["name"], "runtime_name": d["name"], "quantization": quantization_of(d)} for d in details]
 
 
 class TfliteModel:

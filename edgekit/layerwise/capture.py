@@ -206,6 +206,7 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
                 order.append(index)
                 kinds[index] = op["op_name"]
     key = {i: names.get(i, tflite_key(details[i]["name"])) for i in order}
+    entries = {**dict(zip(order, adapter.own_entries([details[i] for i in order]))), **output_entries}
     runs = []
     for feeds in _batches(inputs, 1):
         for detail, entry in zip(in_details, in_entries):
@@ -213,12 +214,9 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
         interpreter.invoke()
         run = {}
         for index in order:
-            if index in output_entries:  # the graph's outputs: exactly as an app reads them
-                run[key[index]] = adapter.from_runtime(interpreter.get_tensor(index), output_entries[index])
-                continue
-            entry = adapter.own_entries([details[index]])[0]
-            value = adapter.from_runtime(interpreter.get_tensor(index), entry)
-            run[key[index]] = np.transpose(value, [0, value.ndim - 1, *range(1, value.ndim - 1)]) \
-                if value.ndim >= 3 else value
+            value = adapter.from_runtime(interpreter.get_tensor(index), entries[index])
+            if index not in output_entries and value.ndim >= 3:  # graph outputs are laid out by their entry
+                value = np.transpose(value, [0, value.ndim - 1, *range(1, value.ndim - 1)])
+            run[key[index]] = value
         runs.append(run)
     return Capture(_collect(runs), {key[i]: kinds[i] for i in order})

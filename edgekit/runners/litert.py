@@ -49,7 +49,8 @@ class LiteRTRunner(Runner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for entry, detail in zip(self._in_entries, self._in):
-            self.interpreter.set_tensor(detail["index"], adapter.to_runtime(feeds[entry["name"]], entry, detail["dtype"]))
+            tensor = adapter.to_runtime(feeds[entry["name"]], entry, detail["dtype"])
+            self.interpreter.set_tensor(detail["index"], tensor)
         self.interpreter.invoke()
         return {entry["name"]: adapter.from_runtime(self.interpreter.get_tensor(detail["index"]), entry)
                 for entry, detail in zip(self._out_entries, self._out)}
@@ -88,7 +89,7 @@ def bind_io(path: Path, reference: IO, probe: tuple[dict[str, np.ndarray], dict[
     for spec, detail in zip(reference[1], out_details):
         perms = _output_perms(spec, detail)
         if len(perms) > 1:
-            perms = [_closest(path, inputs, spec, detail, perms, probe)]
+            perms = [_closest(path, (inputs, runner.outputs), spec, detail, perms, probe)]
         outputs.append(_spec(spec, detail, perms[0]))
     return inputs, outputs
 
@@ -162,13 +163,12 @@ def _output_perms(spec: TensorSpec, detail: dict) -> list[list[int] | None]:
     return perms
 
 
-def _closest(path: Path, inputs: list[TensorSpec], spec: TensorSpec, detail: dict,
-             perms: list[list[int] | None], probe) -> list[int] | None:
-    """The layout under which the output agrees with the reference on one batch."""
+def _closest(path: Path, io: IO, spec: TensorSpec, detail: dict, perms: list[list[int] | None],
+             probe) -> list[int] | None:
+    """The layout under which the output agrees with the reference on one batch; `io`: the paired inputs
+    and the file's own outputs (under their runtime names, as laid out)."""
     feeds, expected = probe
-    runner = LiteRTRunner(path)
-    runner = LiteRTRunner(path, 1, (inputs, runner.outputs))  # outputs under their own names, as laid out
-    value = runner.run(feeds)[detail["name"]]
+    value = LiteRTRunner(path, 1, io).run(feeds)[detail["name"]]
     errors = [float(np.abs((np.transpose(value, perm) if perm else value) - expected[spec.name]).mean())
               for perm in perms]
     return perms[int(np.argmin(errors))]
@@ -177,11 +177,9 @@ def _closest(path: Path, inputs: list[TensorSpec], spec: TensorSpec, detail: dic
 def _spec(reference: TensorSpec, detail: dict, perm: list[int] | None) -> TensorSpec:
     """The tensor as an app sees it, under the reference's name, with the transpose to apply."""
     shape = tuple(int(d) for d in detail["shape"])
-    scale, zero_point = detail["quantization"]
-    channel_last = perm is not None
-    layout = layout_name(len(shape), True) if channel_last else reference.layout
-    return TensorSpec(reference.name, shape, np.dtype(detail["dtype"]).name, layout,
-                      {"scale": float(scale), "zero_point": int(zero_point)} if scale else None, perm, detail["name"])
+    layout = layout_name(len(shape), True) if perm is not None else reference.layout
+    return TensorSpec(reference.name, shape, np.dtype(detail["dtype"]).name, layout, adapter.quantization_of(detail),
+                      perm, detail["name"])
 
 
 def _own_specs(details: list[dict]) -> list[TensorSpec]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import first_line
 from ..spec import TensorSpec, image_layout
 from .base import Runner
 
@@ -25,7 +26,7 @@ def load_error(path: Path) -> str | None:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented,
             state.RuntimeException) as err:
-        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        detail = first_line(err)
         # "[...] INVALID_GRAPH : Load model from P failed: ... In Node, ("name", Op, ...) : (...) , Error CAUSE"
         node = re.search(r'In Node, \("([^"]+)", (\w+)', detail)
         cause = detail.rsplit(" Error ", 1)[-1] if " Error " in detail else detail

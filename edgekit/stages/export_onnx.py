@@ -7,7 +7,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .. import output_kinds
 from ..graph_stats import graph_stats
 from ..sources import SourceModel
@@ -56,7 +56,7 @@ def to_opset(model, opset: int):
         converted = version_converter.convert_version(model, opset)
         onnx.checker.check_model(converted)
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as err:
-        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        detail = first_line(err)
         return model, {"from": found, "to": found, "converted": False,
                        "why": f"onnx's version converter could not take opset {found} to {opset}: {detail[:200]}"}
     return converted, {"from": found, "to": opset, "converted": True}
@@ -79,7 +79,7 @@ def _from_torch(source: SourceModel, opset: int, workdir: Path):
                               input_names=[s.name for s in source.inputs],
                               output_names=[s.name for s in source.outputs], external_data=False)
     except Exception as err:
-        detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        detail = first_line(err)
         raise UserError(f"PyTorch could not export {source.reference} to ONNX opset {opset}: {detail}. "
                         f"Replace or register the unsupported operation, or export to ONNX yourself and "
                         f"pass the .onnx file") from None

@@ -16,11 +16,12 @@ from ..targets import Float16, Quantization
 from . import Artifact
 
 
-# What to change, in order, when ONNX Runtime refuses to load the quantizer's graph.
-REMEDIES = [({}, None),
-            ({"QuantizeBias": False}, "bias kept in float32"),
-            ({"DedicatedQDQPair": True}, "one QuantizeLinear/DequantizeLinear pair per consumer"),
-            ({"per_channel": False}, "per-tensor weight scales")]
+# What to change, in order, when ONNX Runtime refuses to load the quantizer's graph:
+# (why, changes to the scheme, extra quantizer options).
+REMEDIES = [(None, {}, {}),
+            ("bias kept in float32", {"quantize_bias": False}, {}),
+            ("one QuantizeLinear/DequantizeLinear pair per consumer", {}, {"DedicatedQDQPair": True}),
+            ("per-tensor weight scales", {"per_channel": False}, {})]
 PER_CHANNEL_OPSET = 13  # DequantizeLinear has an `axis` from opset 13 on
 HISTOGRAM_BATCHES = 8  # batches whose tensors an entropy / percentile calibrator holds at once
 
@@ -44,10 +45,11 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
         notes.append(f"per-tensor weight scales: the graph is at opset {model_opset(model)}, where "
                      f"DequantizeLinear has no per-channel axis (opset {PER_CHANNEL_OPSET})")
     errors = []
-    for change, remedy in REMEDIES:
-        if change.get("per_channel") is False and not scheme.per_channel:
-            continue
-        _quantize_static(fp32, model, scheme, calibration, excluded, output, change)
+    for remedy, changes, options in REMEDIES:
+        tried = dataclasses.replace(scheme, **changes)
+        if remedy and tried == scheme and not options:
+            continue  # the scheme is like that already
+        _quantize_static(fp32, model, tried, calibration, excluded, output, options)
         error = load_error(output)
         if error is None:
             break
@@ -55,26 +57,24 @@ def quantize_int8(fp32: Artifact, scheme: Quantization, calibration: Dataset,
     else:
         output.unlink()
         raise UserError(f"ONNX Runtime cannot load the INT8 model its quantizer wrote ({errors[0]}), even with "
-                        f"{', '.join(r for _, r in REMEDIES if r)}: exclude the node it names with "
+                        f"{', '.join(r for r, _, _ in REMEDIES if r)}: exclude the node it names with "
                         f"--exclude-node, or ship without INT8 ONNX (--quantize none)")
     if remedy:
         notes.append(f"{remedy}: ONNX Runtime refused the first INT8 graph ({errors[0][:300]})")
-    per_channel = scheme.per_channel and change.get("per_channel", True)
     quantized = onnx.load(str(output))
     return Artifact(output, "onnx", "int8", {
         "made_by": f"onnxruntime.quantization {_ort_version()} quantize_static",
-        "scheme": {"format": "QDQ", "activation_type": scheme.activation_type,
-                   "weight_type": scheme.weight_type, "per_channel": per_channel,
-                   "activation_symmetric": scheme.activation_symmetric,
-                   "weight_symmetric": scheme.weight_symmetric, "reduce_range": scheme.reduce_range,
-                   "op_types": scheme.op_types or "onnxruntime default",
-                   "quantize_bias": scheme.quantize_bias and change.get("QuantizeBias", True),
-                   "calibration": scheme.calibration, "calibration_samples": len(calibration)},
+        "scheme": {"format": "QDQ", "activation_type": tried.activation_type,
+                   "weight_type": tried.weight_type, "per_channel": tried.per_channel,
+                   "activation_symmetric": tried.activation_symmetric,
+                   "weight_symmetric": tried.weight_symmetric, "reduce_range": tried.reduce_range,
+                   "op_types": tried.op_types or "onnxruntime default", "quantize_bias": tried.quantize_bias,
+                   "calibration": tried.calibration, "calibration_samples": len(calibration)},
         "notes": notes, "float_nodes": excluded, **graph_stats(quantized)})
 
 
 def _quantize_static(fp32: Artifact, model, scheme: Quantization, calibration: Dataset, excluded: list[str],
-                     output: Path, change: dict) -> None:
+                     output: Path, options: dict) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
@@ -104,7 +104,7 @@ def _quantize_static(fp32: Artifact, model, scheme: Quantization, calibration: D
 
     prepared = output.parent / "prepared.onnx"
     extra = {"ActivationSymmetric": scheme.activation_symmetric, "WeightSymmetric": scheme.weight_symmetric,
-             "QuantizeBias": scheme.quantize_bias, **{k: v for k, v in change.items() if k != "per_channel"}}
+             "QuantizeBias": scheme.quantize_bias, **options}
     if scheme.calibration == "percentile":
         extra["CalibPercentile"] = scheme.percentile
     if scheme.calibration != "minmax":
@@ -116,7 +116,7 @@ def _quantize_static(fp32: Artifact, model, scheme: Quantization, calibration: D
         with contextlib.redirect_stdout(io.StringIO()):
             quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=scheme.per_channel and change.get("per_channel", True),
+                            per_channel=scheme.per_channel,
                             reduce_range=scheme.reduce_range,
                             activation_type=types[scheme.activation_type], weight_type=types[scheme.weight_type],
                             calibrate_method=methods[scheme.calibration], nodes_to_exclude=excluded,

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import Dataset
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..runners.litert import bind_io, silenced, tf_name
 from . import Artifact
 
@@ -149,7 +149,7 @@ class ReferenceIO:
         except ValueError as err:
             raise UserError(f"{path.name} cannot be matched to the model's inputs and outputs: {err}") from None
         except RuntimeError as err:  # LiteRT cannot prepare it, e.g. a TensorFlow (Flex) op left in the graph
-            detail = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            detail = first_line(err)
             raise UserError(f"{path.name} does not load in LiteRT: {detail[:300]}") from None
 
 

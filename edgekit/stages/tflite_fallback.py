@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Dataset
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..layerwise.capture import capture_onnx, capture_tflite, tflite_key
 from ..layerwise.mapping import match_by_value
 from ..runners.litert import silenced
@@ -85,7 +85,7 @@ def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset
             calibrated = _calibrate(scratch / "out", calib)
         except Exception as err:  # the converter raises ConverterError and others
             raise UserError(f"The TFLite converter could not calibrate the model: "
-                            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") \
+                            f"{first_line(err)}") \
                 from None
         (scratch / "calibrated.tflite").write_bytes(calibrated)
         ops = _ops(scratch / "calibrated.tflite")
