@@ -1,6 +1,12 @@
-"""`edgekit check`: re-run the parity gate on a finished build folder, from its manifest alone."""
+"""`edgekit check`: re-run the parity gate on a finished build folder.
+
+The folder may come from anywhere, so nothing in it decides how it is judged: tolerances come from the
+profile the user names (or the built-in one the manifest names), every path stays inside the folder, and
+the whole release has one digest a CI can pin.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +15,44 @@ from .output_kinds import OutputKind
 from .parity import ParityResult
 from .sources import sha256_file
 from .spec import TensorSpec
-from .targets import Tolerance
+from .targets import Runtime, Target, Tolerance
 from .verify import verify
 
 
-def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """One record per artifact (file, bytes, parity), every check recomputed, nothing read back; and the
-    conversions the build recorded as failed (a release with a missing format does not pass)."""
+@dataclass
+class CheckResult:
+    records: list[dict[str, Any]]  # one per artifact: file, bytes, precision, recomputed parity
+    failures: list[dict[str, str]]  # conversions the build recorded as failed, and problems of the release
+    digest: str  # of the release as it is now
+    judged_by: str  # where the tolerances came from, in words
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and all(r["parity"]["passed"] for r in self.records)
+
+
+def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = False,
+          expect: str | None = None) -> CheckResult:
+    """Every check recomputed, nothing read back: files against their recorded sha256, parity against the
+    recorded reference outputs within the profile's tolerances, and (with `expect`) the release digest."""
     manifest = package.read_manifest(folder)
-    runtime = targets.from_dict(manifest["target"]["profile"], str(folder)).runtime
+    target = None if recorded_tolerances and not profile else \
+        targets.for_build(manifest["target"].get("builtin"), profile, str(folder))
+    runtime = target.runtime if target else Runtime()
+    digest = package.release_digest(folder, manifest)
+    failures = list(manifest["failures"])
+    if not manifest["artifacts"]:
+        failures.append({"stage": "check", "format": "-", "error": "the manifest lists no artifacts"})
+    if expect and expect != digest:
+        failures.append({"stage": "check", "format": "-", "error": f"release digest {digest} is not the expected "
+                                                                   f"{expect}: the folder changed since it was pinned"})
     evidence_problem = _evidence_problem(folder, manifest)
     if evidence_problem is None:
         names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
         inputs, labels, reference = package.read_parity_data(folder, names)
     records = []
     for entry in manifest["artifacts"]:
-        path = folder / entry["file"]
+        path = package.inside(folder, entry["file"], "artifacts[].file")
         if evidence_problem:
             parity = ParityResult(error=evidence_problem)
         elif not path.is_file():
@@ -32,24 +60,30 @@ def check(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         elif sha256_file(path) != entry["sha256"]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
-            tolerance, kinds = judged_by(manifest, entry)
+            tolerance = judged_by(manifest, entry, target)
             parity = verify(path, entry["format"], runtime, artifact_io(entry), inputs, reference, tolerance, labels,
-                            kinds).parity
+                            output_kinds(manifest)).parity
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry["file"], "bytes": size, "precision": entry["precision"],
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
-    return records, manifest["failures"]
+    source = "the tolerances recorded in the folder" if target is None else f"profile {target.source}"
+    return CheckResult(records, failures, digest, source)
 
 
-def judged_by(manifest: dict[str, Any], entry: dict[str, Any]) -> tuple[Tolerance | dict[str, Tolerance],
-                                                                       dict[str, OutputKind]]:
-    """The recorded limits of an artifact (per output where the build set them) and the kind of each output."""
-    per_output = entry.get("output_tolerances")
-    tolerance = ({name: Tolerance(**limits) for name, limits in per_output.items()} if per_output
-                 else Tolerance(**entry["tolerance"]))
-    kinds = {spec["name"]: OutputKind.from_dict(spec["kind"]) for spec in manifest["model_io"]["outputs"]
-             if "kind" in spec}
-    return tolerance, kinds
+def output_kinds(manifest: dict[str, Any]) -> dict[str, OutputKind]:
+    return {spec["name"]: OutputKind.from_dict(spec["kind"]) for spec in manifest["model_io"]["outputs"]
+            if "kind" in spec}
+
+
+def judged_by(manifest: dict[str, Any], entry: dict[str, Any], target: Target | None) -> dict[str, Tolerance]:
+    """The limits each output of an artifact is judged by: the profile's, or (target None) the ones recorded."""
+    names = [spec["name"] for spec in manifest["model_io"]["outputs"]]
+    if target is None:
+        recorded = entry.get("output_tolerances") or {}
+        return {name: Tolerance(**recorded.get(name, entry["tolerance"])) for name in names}
+    kinds = output_kinds(manifest)
+    return {name: target.output_tolerance(entry["precision"], name, kinds[name].kind if name in kinds else "values")
+            for name in names}
 
 
 def artifact_io(entry: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -61,7 +95,7 @@ def _evidence_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
     """The held-out inputs and reference outputs must be exactly the ones the build recorded."""
     for key in ("inputs", "reference_outputs"):
         record = manifest["evaluation"][key]
-        path = folder / record["file"]
+        path = package.inside(folder, record["file"], f"evaluation.{key}.file")
         if not path.is_file() or sha256_file(path) != record["sha256"]:
             return f"parity data {record['file']} is missing or changed since the build"
     return None

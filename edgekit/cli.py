@@ -3,29 +3,71 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import UserError
+from .errors import MACHINE_ERRNOS, Terminated, UserError, machine_error
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes some libraries put in their messages
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    previous = _terminate_like_ctrl_c()
     try:
+        args = _parser().parse_args(argv)
         return args.handler(args)
     except UserError as err:
-        print(f"edgekit: error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
+    except OSError as err:
+        if machine_error(err) is not err:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        return _error(f"{err.strerror}{where}: {MACHINE_ERRNOS[err.errno]}; nothing was left half-written")
+    except MemoryError:
+        return _error("out of memory: lower --calib-samples, the input shape or the model size, or use a machine "
+                      "with more memory; nothing was left half-written")
     except KeyboardInterrupt:
         print("edgekit: interrupted; nothing was left half-written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("edgekit: terminated (SIGTERM); nothing was left half-written", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _error(message: str) -> int:
+    """One line on stderr, exit code 2: library text can bring colour codes and line breaks."""
+    print(f"edgekit: error: {' '.join(ANSI_ESCAPE.sub('', message).split())}", file=sys.stderr)
+    return 2
+
+
+def _terminate_like_ctrl_c():
+    """Make SIGTERM unwind like Ctrl-C (staging removed, children stopped); the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are bad input like any other: one line and exit 2 (argparse prints usage and exits itself)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}: see `{self.prog} --help`")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description="Take a trained vision model to edge devices, "
+    parser = _Parser(prog="edgekit", description="Take a trained vision model to edge devices, "
                                      "and prove the result is right.")
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--sparsity", type=float, help="also zero this fraction of weights (unstructured; saves "
                        "package bytes, not CPU time)")
     build.add_argument("--recover", help="comma-separated recovery after pruning: bn, kd, or none (default bn,kd)")
-    build.add_argument("--recover-steps", type=int, help="distillation steps (default 300)")
+    build.add_argument("--recover-steps", type=_count, help="distillation steps (default 300)")
     build.add_argument("--max-accuracy-drop", type=float, help="pruning budget in percentage points (needs "
                        "labeled --eval data); without --prune, search the ratio")
     build.add_argument("--min-agreement", type=float, help="pruning budget without labels: top-1 agreement "
@@ -74,23 +116,33 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
     bench.add_argument("path", help="a build folder (every artifact, with on-target parity), or one "
                        ".onnx / .tflite file (latency only, on random inputs, unless it is inside a build folder)")
-    bench.add_argument("--target", help="profile whose bench settings apply (default: the build's, else arm64)")
+    bench.add_argument("--target", help="profile whose bench settings apply (default: the built-in profile the "
+                       "build names, else arm64; a build folder never chooses its runner)")
     _bench_flags(bench)
-    bench.add_argument("--samples", type=int, help="held-out samples for on-target parity (default: all)")
+    bench.add_argument("--samples", type=_count, help="held-out samples for on-target parity (default: all)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
     debug = commands.add_parser("debug", help="per-layer divergence of a build's artifacts from the reference")
     debug.add_argument("path", help="a build folder, or one artifact inside it")
     debug.add_argument("--reference", choices=["torch", "onnx"], help="compare against the PyTorch model or the "
-                       "float ONNX graph (default: torch for a PyTorch source)")
+                       "float ONNX graph (default: torch when --model is given)")
+    debug.add_argument("--model", help="the PyTorch model the build was made from (file.py:factory); a build "
+                       "folder never names code to run, so the torch reference needs it here")
+    debug.add_argument("--weights", help="its state_dict checkpoint")
     debug.add_argument("--inputs", help=".npz of inputs (default: the build's held-out inputs)")
-    debug.add_argument("--samples", type=int, default=32, help="how many inputs to run (default 32)")
+    debug.add_argument("--samples", type=_count, default=32, help="how many inputs to run (default 32)")
     debug.add_argument("--json", action="store_true")
     debug.set_defaults(handler=_debug)
 
     check = commands.add_parser("check", help="re-run the parity gate on a build folder (exit 0 only if all pass)")
     check.add_argument("folder", help="a folder written by `edgekit build`, e.g. build/arm64")
+    check.add_argument("--target", help="profile whose tolerances judge the folder: a built-in name or a .yaml "
+                       "path (default: the built-in profile the build names; a folder never sets its own limits)")
+    check.add_argument("--recorded-tolerances", action="store_true", help="judge by the tolerances recorded in "
+                       "the folder instead (only for a folder you trust)")
+    check.add_argument("--expect", metavar="DIGEST", help="the release digest `edgekit build` printed: fail "
+                       "unless the folder is byte for byte that release")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check)
 
@@ -114,7 +166,7 @@ def _model_and_data_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", help="output folder (default: build); each target gets OUT/<target>")
     command.add_argument("--input-shape", type=_shape, help="fixed input shape, e.g. 1,3,224,224")
     command.add_argument("--calib", help="calibration data: .npy, .npz or a folder of images")
-    command.add_argument("--calib-samples", type=int, help="use at most this many calibration samples")
+    command.add_argument("--calib-samples", type=_count, help="use at most this many calibration samples")
     command.add_argument("--random-calib", action="store_true", default=None,
                          help="calibrate on random inputs when you have no data (recorded in the manifest)")
     command.add_argument("--eval", help="held-out data for parity and accuracy (.npz with x and y, or a folder "
@@ -126,19 +178,35 @@ def _model_and_data_flags(command: argparse.ArgumentParser) -> None:
 
 
 def _bench_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--runner", help="native, docker, qemu or ssh://user@host[:port] (default: the target's)")
-    command.add_argument("--runs", type=int, help="timed runs (default: the target's)")
-    command.add_argument("--warmup", type=int, help="untimed runs first (default: the target's)")
-    command.add_argument("--threads", type=int, help="runtime threads (default: the target's)")
+    command.add_argument("--runner", help="native, docker, qemu or ssh://[user@]host[:port] (default: the target's)")
+    command.add_argument("--runs", type=_count, help="timed runs (default: the target's)")
+    command.add_argument("--warmup", type=_count, help="untimed runs first (default: the target's)")
+    command.add_argument("--threads", type=_count, help="runtime threads (default: the target's)")
+
+
+def _count(text: str) -> int:
+    """Runs, samples, threads, steps: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
 
 
 def _shape(text: str) -> list[int]:
+    from .resources import oversized
+
     try:
         dims = [int(part) for part in text.replace("x", ",").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape: write it like 1,3,224,224") from None
     if not dims or any(d <= 0 for d in dims):
         raise argparse.ArgumentTypeError(f"'{text}' has a non-positive dimension")
+    problem = oversized(dims)
+    if problem:  # refused here, before a PyTorch model is run once on zeros of this shape
+        raise argparse.ArgumentTypeError(f"'{text}' {problem}: lower the input shape")
     return dims
 
 
@@ -227,8 +295,11 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
                   file=sys.stderr)
         if result.archive:
             print(f"archive: {result.archive}", file=sys.stderr)
+        if result.digest:
+            print(f"release digest: {result.digest} (pin it: edgekit check {result.folder} --expect DIGEST)",
+                  file=sys.stderr)
     if args.json:
-        print(json.dumps([r.manifest for r in results], indent=2, default=str))
+        print(json.dumps([{**r.manifest, "release_digest": r.digest} for r in results], indent=2, default=str))
     failed = [r for r in results if not r.passed]
     if failed and not recipe.keep_going:
         return 1
@@ -249,8 +320,8 @@ def _bench(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UserError(f"{path} does not exist: give a build folder or an .onnx / .tflite file")
     if in_build:
-        recorded = package.read_manifest(folder)["target"]["profile"]
-        target = targets.load(args.target) if args.target else targets.from_dict(recorded, str(folder))
+        builtin = package.read_manifest(folder)["target"].get("builtin")
+        target = targets.for_build(builtin, args.target, str(folder))  # never the folder's own profile copy
         records = bench_folder(folder, target, args.runner, args.runs, args.warmup, args.threads, args.samples,
                                only=None if path.is_dir() else path.name)
     else:
@@ -272,9 +343,10 @@ def _debug(args: argparse.Namespace) -> int:
     path = Path(args.path)
     folder = path if path.is_dir() else path.parent
     manifest = package.read_manifest(folder)
-    reference = args.reference or ("torch" if manifest["source_model"]["kind"] == "torch" else "onnx")
+    reference = args.reference or ("torch" if args.model else "onnx")
     inputs = held_out_inputs(folder, manifest, args.inputs, args.samples)
-    result = divergence(folder, manifest, reference, inputs, only=None if path.is_dir() else path.name)
+    result = divergence(folder, manifest, reference, inputs, only=None if path.is_dir() else path.name,
+                        model=(args.model, args.weights))
     print(json.dumps(result, indent=2, default=str) if args.json else divergence_table(result))
     return 0
 
@@ -283,14 +355,16 @@ def _check(args: argparse.Namespace) -> int:
     from .check import check
     from .report import summary_table
 
-    records, failures = check(Path(args.folder))
-    passed = not failures and all(r["parity"]["passed"] for r in records)
+    result = check(Path(args.folder), args.target, args.recorded_tolerances, args.expect)
     if args.json:
-        print(json.dumps({"passed": passed, "artifacts": records, "failures": failures}, indent=2, default=str))
+        print(json.dumps({"passed": result.passed, "digest": result.digest, "judged_by": result.judged_by,
+                          "artifacts": result.records, "failures": result.failures}, indent=2, default=str))
     else:
-        print(summary_table(records, failures))
-        print(f"\n{args.folder}: {'PASS' if passed else 'FAIL'} ({len(records)} artifacts)")
-    return 0 if passed else 1
+        print(summary_table(result.records, result.failures))
+        print(f"\njudged by {result.judged_by}\nrelease digest: {result.digest}"
+              f"{' (as expected)' if args.expect and args.expect == result.digest else ''}")
+        print(f"{args.folder}: {'PASS' if result.passed else 'FAIL'} ({len(result.records)} artifacts)")
+    return 0 if result.passed else 1
 
 
 def _targets(args: argparse.Namespace) -> int:

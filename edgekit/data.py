@@ -1,11 +1,13 @@
 """Calibration and evaluation inputs: .npy / .npz arrays or folders of images.
 
-Every array is checked against the model's input spec (shape, finite values) when it is loaded,
-so bad data fails before any conversion starts.
+Every array is checked against the model's input spec (shape, dtype, finite values) when it is loaded,
+and its value range against the declared preprocessing and the other data set, so bad data fails
+before any conversion starts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 RANDOM_CALIB_SAMPLES, RANDOM_EVAL_SAMPLES = 32, 8
 HELD_OUT_FRACTION = 0.2
 MIN_HELD_OUT = 32  # fewer held-out samples than this make a weak gate: the build says so
+# How far values may reach outside the range they should span, in widths of that range: beyond RANGE_WARN the
+# build warns (augmentation overshoot stays well below it), beyond RANGE_REFUSE the data was prepared another
+# way (0-255 pixels against [-1, 1] reach 127 widths out; [0, 1] against ImageNet normalization about 2).
+RANGE_WARN, RANGE_REFUSE = 0.5, 10.0
 
 
 @dataclass
@@ -38,12 +44,14 @@ class Dataset:
 class BuildData:
     calibration: Dataset
     evaluation: Dataset  # held out: never used for calibration
+    range_warnings: list[str] = field(default_factory=list)  # values that look prepared unlike the model expects
 
     def warnings(self) -> list[str]:
         count = len(self.evaluation)
         if count >= MIN_HELD_OUT:
-            return []
-        return [f"parity runs on only {count} held-out sample{'s' * (count != 1)} (fewer than {MIN_HELD_OUT}): "
+            return self.range_warnings
+        return [*self.range_warnings,
+                f"parity runs on only {count} held-out sample{'s' * (count != 1)} (fewer than {MIN_HELD_OUT}): "
                 f"a gate on so few proves little. Give --eval with {MIN_HELD_OUT} or more samples (labeled, to "
                 f"measure accuracy), or more --calib data (its last {HELD_OUT_FRACTION:.0%} is held out)"]
 
@@ -59,8 +67,11 @@ def load_build_data(recipe: Recipe, specs: list[TensorSpec]) -> BuildData:
         return BuildData(_random(specs, RANDOM_CALIB_SAMPLES, rng, f"calibration: {note}"),
                          _random(specs, RANDOM_EVAL_SAMPLES, rng, f"evaluation: {note}"))
     calibration = load(calib.data, specs, recipe.preprocess)
+    range_warnings = _against_preprocessing(calibration, calib.data, recipe.preprocess)
     if recipe.eval:
         evaluation = load(recipe.eval, specs, recipe.preprocess)
+        range_warnings += _against_preprocessing(evaluation, recipe.eval, recipe.preprocess)
+        range_warnings += _against_each_other(calibration, calib.data, evaluation, recipe.eval)
     else:
         if len(calibration) < 2:
             raise UserError(f"{calib.data} holds {len(calibration)} sample: parity needs held-out samples, "
@@ -72,7 +83,72 @@ def load_build_data(recipe: Recipe, specs: list[TensorSpec]) -> BuildData:
     if len(calibration) > calib.samples:
         calibration = calibration.take(slice(0, calib.samples),
                                        f"{calibration.source}, first {calib.samples} samples")
-    return BuildData(calibration, evaluation)
+    return BuildData(calibration, evaluation, range_warnings)
+
+
+def _declared_range(preprocess: Preprocess) -> tuple[float, float]:
+    """The values the preprocessing makes of 8-bit pixels, over all channels."""
+    mean, std = np.asarray(preprocess.mean, np.float64), np.asarray(preprocess.std, np.float64)
+    ends = np.concatenate([-mean / std, (255 * preprocess.scale - mean) / std])
+    return float(ends.min()), float(ends.max())
+
+
+def _against_preprocessing(data: Dataset, path: str, preprocess: Preprocess | None) -> list[str]:
+    """Arrays (image folders go through the preprocessing itself) against the range the declared
+    preprocessing makes of 8-bit images: a UserError far outside it, warnings nearer."""
+    if preprocess is None or Path(path).is_dir():
+        return []
+    expected = _declared_range(preprocess)
+    notes = []
+    for name, array in data.inputs.items():
+        if array.ndim != 4 or not np.issubdtype(array.dtype, np.floating):
+            continue  # not a float image input: the preprocessing does not describe it
+        found = _span(array)
+        outside = _outside(found, expected)
+        where = (f"{path}: input '{name}' spans {_shown(found)}, but the declared preprocessing makes "
+                 f"{_shown(expected)} of 8-bit images")
+        if outside > RANGE_REFUSE:
+            raise UserError(f"{where}: normalize the arrays as `preprocess:` says ((pixels * scale - mean) / std), "
+                            f"like training, or give a folder of images instead")
+        if outside > RANGE_WARN:
+            notes.append(f"{where}: check that the arrays are normalized like training")
+        elif found[1] - found[0] < (expected[1] - expected[0]) / RANGE_REFUSE:
+            notes.append(f"{where}: the data covers a tiny part of it (normalized twice?); check its preprocessing")
+    return notes
+
+
+def _against_each_other(calibration: Dataset, calib_path: str, evaluation: Dataset, eval_path: str) -> list[str]:
+    """Calibration and --eval data should span about the same range: if one reaches far outside the other's,
+    one of them was prepared differently (e.g. max 255 against max 1)."""
+    notes = []
+    for name, array in calibration.inputs.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        ours, theirs = _span(array), _span(evaluation.inputs[name])
+        outside = max(_outside(ours, theirs), _outside(theirs, ours))
+        where = (f"calibration data {calib_path} spans {_shown(ours)} for input '{name}' but the --eval data "
+                 f"{eval_path} spans {_shown(theirs)}")
+        if outside > RANGE_REFUSE:
+            raise UserError(f"{where}: one of them is preprocessed differently; prepare both exactly like the "
+                            f"model's training data")
+        if outside > RANGE_WARN:
+            notes.append(f"{where}: check that both are preprocessed like the model's training data")
+    return notes
+
+
+def _span(array: np.ndarray) -> tuple[float, float]:
+    return float(array.min()), float(array.max())
+
+
+def _outside(found: tuple[float, float], expected: tuple[float, float]) -> float:
+    """How far `found` reaches outside `expected`, in widths of `expected` (inf when that is one value)."""
+    beyond = max(found[1] - expected[1], expected[0] - found[0], 0.0)
+    width = expected[1] - expected[0]
+    return beyond / width if width > 0 else (np.inf if beyond > 0 else 0.0)
+
+
+def _shown(span: tuple[float, float]) -> str:
+    return f"[{span[0]:.3g}, {span[1]:.3g}]"
 
 
 def load(path_text: str, specs: list[TensorSpec], preprocess: Preprocess | None) -> Dataset:
@@ -129,6 +205,11 @@ def _checked(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
         raise UserError(f"{path}: data for input '{spec.name}' is empty")
     if not np.issubdtype(array.dtype, np.number):
         raise UserError(f"{path}: data for input '{spec.name}' has dtype {array.dtype}, expected numbers")
+    if np.issubdtype(array.dtype, np.integer) and np.issubdtype(np.dtype(spec.dtype), np.floating):
+        raise UserError(f"{path}: data for input '{spec.name}' is {array.dtype} (values {array.min()}..{array.max()}, "
+                        f"raw pixels?) but the model takes {spec.dtype}: divide by 255 and normalize like training, "
+                        f"or declare `preprocess:` and give a folder of images (if the model really takes these "
+                        f"values, save them as float32)")
     array = array.astype(spec.dtype, copy=False)
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
@@ -175,11 +256,18 @@ def image_to_array(path: Path, spec: TensorSpec, preprocess: Preprocess) -> np.n
     channels = spec.shape[1] if channels_first else spec.shape[3]
     color = preprocess.color or ("grayscale" if channels == 1 else "rgb")
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if color == "grayscale" else "RGB")
-            size = preprocess.resize or [height, width]
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32)
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice it, then decodes: refuse there too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("L" if color == "grayscale" else "RGB")
+                size = preprocess.resize or [height, width]
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+                pixels = np.asarray(image, dtype=np.float32)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UserError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels (a "
+                        f"decompression bomb, or far larger than any model input): resize it to about the model's "
+                        f"input size") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     if pixels.ndim == 2:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from matplotlib.figure import Figure  # Figure.savefig renders with Agg; pyplot's global state is never touched
 
+from .package import inside
 from .report import human_size
 
 REPORT = "report.html"
@@ -45,6 +46,8 @@ def write_report(folder: Path, manifest: dict[str, Any]) -> Path:
     network order.
     """
     folder = Path(folder)
+    for written in ("report.html", FIGURES):  # a link planted in a downloaded folder must not redirect writes
+        inside(folder, written, written)
     artifacts = manifest.get("artifacts", [])
     layers = {a["file"]: a["layers"] for a in artifacts if a.get("layers")}
     figures: list[tuple[str, str, Callable[..., str | None]]] = [

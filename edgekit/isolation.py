@@ -52,9 +52,11 @@ def _receive(receive):
 
 
 def _child(send, function: Callable[..., Any], args: tuple) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops this child and reports it, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         outcome = ("ok", function(*args))
-    except UserError as err:
+    except (UserError, OSError) as err:  # OSError: a full disk or an unwritable folder, reported by the CLI
         outcome = ("error", err)
     send.send(outcome)
     send.close()

@@ -6,6 +6,7 @@ complete, so a failed or interrupted build never leaves a half-written output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -13,13 +14,15 @@ import platform
 import shutil
 import tarfile
 import uuid
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
+from .manifest_schema import validate
 from .sources import sha256_file
 
 MANIFEST = "manifest.json"
@@ -28,8 +31,15 @@ PARITY_REFERENCE = "parity/reference.npz"
 MANIFEST_SCHEMA = 1
 
 
+STAGING_MARK = ".edgekit-staging"  # inside every staging folder: what the stale-folder cleanup may remove
+OWN_FILES = {MANIFEST, "report.json", "report.html", PARITY_INPUTS, PARITY_REFERENCE}
+OWN_FOLDERS = {"parity", "report"}  # report/ holds report.html's figures as .png files
+
+
 def check_writable(out: Path) -> None:
     """Fail before any work if `out` cannot be created or written; creates nothing itself."""
+    if out.resolve() == Path(out.resolve().anchor):
+        raise UserError(f"--out {out} is the filesystem root: give a folder for the builds, e.g. --out build")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -48,21 +58,91 @@ def create_folder(out: Path) -> None:
         raise UserError(f"cannot create output folder {out}: {err.strerror}: choose another --out") from None
 
 
+def check_replaceable(out: Path, name: str) -> None:
+    """`out/name` and `out/name.tar.gz` may be replaced only when edgekit made them: anything else is the
+    user's, and the build stops before any work rather than delete it."""
+    folder, archive_path = out / name, out / f"{name}.tar.gz"
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"{folder} exists and is not an edgekit build folder: move it away or choose another --out")
+    if folder.is_dir():
+        stranger = _foreign_file(folder)
+        if stranger:
+            raise UserError(f"{folder} exists and {stranger}: edgekit replaces only its own builds; move it away "
+                            f"or choose another --out")
+    if archive_path.is_symlink() or (archive_path.exists() and not _is_own_archive(archive_path, name)):
+        raise UserError(f"{archive_path} exists and is not an edgekit build archive: move it away or choose "
+                        f"another --out")
+
+
+def _foreign_file(folder: Path) -> str | None:
+    """Why `folder` is not wholly an edgekit build (None: every path in it is part of the build its manifest
+    describes)."""
+    try:
+        manifest = read_manifest(folder)
+    except UserError:
+        return f"is not an edgekit build (no valid {MANIFEST})"
+    listed = OWN_FILES | {entry.get("file") for entry in manifest.get("artifacts", []) if isinstance(entry, dict)}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        own = relative in OWN_FOLDERS if path.is_dir() else \
+            relative in listed or (relative.startswith("report/") and path.suffix == ".png")
+        if path.is_symlink() or not own:
+            return f"holds {relative}, which edgekit did not make"
+    return None
+
+
+def _is_own_archive(path: Path, name: str) -> bool:
+    """A gzipped tar whose every member lies in `name/` and which holds `name/manifest.json`."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = tar.getnames()
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return f"{name}/{MANIFEST}" in members and all(m == name or m.startswith(f"{name}/") for m in members)
+
+
+def remove_stale_staging(out: Path, name: str) -> None:
+    """Staging folders of `name` left by builds that were killed (SIGKILL, power loss): only folders edgekit
+    marked as its own, and only when the process that made them is gone."""
+    for stage in out.glob(f".{name}.partial-*"):
+        mark = stage / STAGING_MARK
+        if stage.is_symlink() or not stage.is_dir() or mark.is_symlink() or not mark.is_file():
+            continue
+        owner = mark.read_text().strip()
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
-def staging(final: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces `final`, on any failure it is removed."""
-    stage = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+def staging(out: Path, name: str) -> Iterator[Path]:
+    """Yield an empty build folder inside a staging folder in `out`. On success the folder and its archive
+    (made in staging) replace `out/name` and `out/name.tar.gz`; on any failure or signal nothing is published
+    and the staging folder is removed."""
+    stage = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
-        yield stage
-    except BaseException:
+        (stage / STAGING_MARK).write_text(f"{os.getpid()}\n")
+        folder = stage / name
+        folder.mkdir()
+        yield folder
+        archive(folder, stage / f"{name}.tar.gz")
+        check_replaceable(out, name)  # again: the user may have put something there during the build
+        if (out / name).exists():
+            (out / name).rename(stage / "replaced")
+        folder.rename(out / name)
+        os.replace(stage / f"{name}.tar.gz", out / f"{name}.tar.gz")
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
-    retired = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        final.rename(retired)
-    stage.rename(final)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_parity_data(folder: Path, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
@@ -74,17 +154,60 @@ def write_parity_data(folder: Path, inputs: dict[str, np.ndarray], labels: np.nd
 
 
 def read_parity_data(folder: Path, input_names: list[str]):
-    with np.load(folder / PARITY_INPUTS) as archive:
-        inputs = {name: archive[name] for name in input_names}
-        labels = archive["y"] if "y" in archive.files else None
-    with np.load(folder / PARITY_REFERENCE) as archive:
-        reference = {name: archive[name] for name in archive.files}
-    return inputs, labels, reference
+    """The held-out inputs (and labels) and reference outputs a build recorded; plain arrays only."""
+    inputs_file = _read_arrays(folder, PARITY_INPUTS)
+    missing = [name for name in input_names if name not in inputs_file]
+    if missing:
+        raise UserError(f"{folder / PARITY_INPUTS} has no array '{missing[0]}' for the model input of that name: "
+                        f"rebuild the folder with `edgekit build`")
+    inputs = {name: inputs_file[name] for name in input_names}
+    return inputs, inputs_file.get("y"), _read_arrays(folder, PARITY_REFERENCE)
+
+
+def _read_arrays(folder: Path, relative: str) -> dict[str, np.ndarray]:
+    path = inside(folder, relative, relative)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except ValueError as err:  # object (pickled) arrays, or not an .npz at all
+        reason = "it holds pickled objects, which are never loaded" if "allow_pickle" in str(err) else first_line(err)
+        raise UserError(f"{path} cannot be read as parity data ({reason}): rebuild the folder") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path} cannot be read as parity data ({first_line(err)}): rebuild the folder") from None
+
+
+def inside(folder: Path, relative: str, key: str) -> Path:
+    """`folder/relative` for a path a manifest names: refused unless it stays inside the folder with no
+    symbolic link on the way (edgekit never makes links, and a link could lead anywhere)."""
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or ".." in parts:
+        raise UserError(f"{folder / MANIFEST}: '{key}' is {relative!r}, which leaves the build folder: rebuild it")
+    path = folder
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link, and edgekit builds hold none: rebuild the folder")
+    return path
 
 
 def file_record(folder: Path, relative: str) -> dict[str, Any]:
     path = folder / relative
     return {"file": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def release_digest(folder: Path, manifest: dict[str, Any]) -> str:
+    """One sha256 over a whole release: the manifest (less the measurements `bench` adds later) and the bytes
+    of every artifact and parity file it lists. Any changed byte or key changes it."""
+    listed = [entry["file"] for entry in manifest["artifacts"]] + \
+        [manifest["evaluation"][key]["file"] for key in ("inputs", "reference_outputs")]
+    files = {}
+    for relative in sorted(set(listed)):
+        path = inside(folder, relative, relative)
+        files[relative] = sha256_file(path) if path.is_file() else "missing"
+    recorded = {**manifest, "artifacts": [{k: v for k, v in entry.items() if k != "benchmarks"}
+                                          for entry in manifest["artifacts"]]}
+    text = json.dumps(_finite({"manifest": recorded, "files": files}), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -117,25 +240,29 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise UserError(f"{folder} is not a build folder: give the folder `edgekit build` wrote, e.g. build/arm64")
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise UserError(f"{folder} has no {MANIFEST}: give the folder `edgekit build` wrote, e.g. build/arm64")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}): rebuild the folder with `edgekit build`") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise UserError(f"{path} is not an edgekit manifest (schema {MANIFEST_SCHEMA}): rebuild the folder")
+    validate(manifest, str(path))
     return manifest
 
 
-def archive(folder: Path) -> Path:
-    """`<folder>.tar.gz` beside the folder, written under a temporary name and then moved into place."""
-    final = folder.parent / f"{folder.name}.tar.gz"
-    partial = folder.parent / f".{folder.name}.tar.gz.partial-{uuid.uuid4().hex[:8]}"
+def refresh_archive(folder: Path) -> None:
+    """Rewrite the archive beside `folder` after its manifest changed, if edgekit made one there."""
+    beside = folder.parent / f"{folder.name}.tar.gz"
+    if not beside.is_symlink() and beside.is_file() and _is_own_archive(beside, folder.name):
+        archive(folder, beside)
+
+
+def archive(folder: Path, destination: Path) -> None:
+    """A .tar.gz of `folder` at `destination`, written under a temporary name and then moved into place."""
+    partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         with tarfile.open(partial, "w:gz") as tar:
             tar.add(folder, arcname=folder.name)
-        partial.rename(final)
+        partial.replace(destination)
     finally:
         partial.unlink(missing_ok=True)
-    return final

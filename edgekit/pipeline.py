@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, package, sources, targets
+from . import __version__, package, resources, sources, targets
 from .data import BuildData, load_build_data
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
@@ -61,6 +61,7 @@ class TargetResult:
     manifest: dict[str, Any]
     folder: Path | None  # None when the build failed parity and was not packaged
     archive: Path | None
+    digest: str | None  # package.release_digest of the published folder, for `edgekit check --expect`
     benchmarks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -88,8 +89,16 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
             require_gpu(target)
     out = Path(recipe.out)
     package.check_writable(out)
+    names = [target.name for target in profiles]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"target '{twice[0]}' is named twice: each target builds into its own folder OUT/<name>")
+    for name in names:
+        package.check_replaceable(out, name)
+    resources.check(None, recipe, out)
     with progress.step("load model"):
         source = sources.load(recipe.model, recipe.weights, recipe.input_shape)
+        resources.check(source, recipe, out)
     with progress.step("load calibration and held-out data"):
         data = load_build_data(recipe, source.inputs)
     for warning in data.warnings():
@@ -104,18 +113,20 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     package.create_folder(out)
     results = []
     for target in profiles:
+        package.remove_stale_staging(out, target.name)
         try:
-            with package.staging(out / target.name) as folder:
-                manifest = _build_target(shared, target, folder, progress)
+            with package.staging(out, target.name) as folder:
+                digest = _build_target(shared, target, folder, progress)
                 benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
-                write_report(folder, package.read_manifest(folder))
+                manifest = package.read_manifest(folder)
+                write_report(folder, manifest)
                 if not all_passed(manifest) and not recipe.keep_going:
                     raise ParityFailed(manifest)
             published = out / target.name
-            results.append(TargetResult(target.name, package.read_manifest(published), published,
-                                        package.archive(published), benchmarks))
+            results.append(TargetResult(target.name, manifest, published, out / f"{target.name}.tar.gz", digest,
+                                        benchmarks))
         except ParityFailed as failure:
-            results.append(TargetResult(target.name, failure.manifest, None, None))
+            results.append(TargetResult(target.name, failure.manifest, None, None, None))
     return results
 
 
@@ -267,7 +278,8 @@ def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
     return ["fp32"] + ([quantize] if quantize != "none" else [])
 
 
-def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> dict[str, Any]:
+def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> str:
+    """Make, verify and record the target's artifacts in `folder`; the release digest."""
     label = f"[{target.name}]"
     timings = Progress(progress.quiet)
     gpu = gpu_status(target)
@@ -286,10 +298,11 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
         manifest["layerwise"] = _layerwise(folder, manifest)
     package.write_json(folder / package.MANIFEST, manifest)
-    package.write_json(folder / "report.json", {"target": target.name, "timings_s": timings.timings,
-                                                "peak_rss_mb": peak_rss_mb(),
+    digest = package.release_digest(folder, package.read_manifest(folder))  # bench's numbers are not part of it
+    package.write_json(folder / "report.json", {"target": target.name, "release_digest": digest,
+                                                "timings_s": timings.timings, "peak_rss_mb": peak_rss_mb(),
                                                 "artifacts": records, "failures": failures})
-    return manifest
+    return digest
 
 
 def peak_rss_mb() -> dict[str, float]:
@@ -313,8 +326,8 @@ def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
     try:
         result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
-    except Exception as err:  # a diagnostic: its failure must not fail a build whose parity passed
-        return {"computed": False, "why": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    except UserError as err:  # a diagnostic: a layer map it cannot make must not fail a build whose parity passed
+        return {"computed": False, "why": str(err)}
     for record in manifest["artifacts"]:
         data = result["artifacts"].get(record["file"])
         if data and record["precision"] != "fp32":
@@ -352,7 +365,8 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[d
     return {
         "schema": package.MANIFEST_SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "description": target.description, "profile": dataclasses.asdict(target)},
+        "target": {"name": target.name, "description": target.description, "builtin": targets.builtin_name(target),
+                   "profile": dataclasses.asdict(target)},
         "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
                          "files": source.files},
         "model_io": {"inputs": [s.to_dict() for s in shared.model_io[0]],

@@ -15,7 +15,7 @@ import yaml
 from . import example, schema
 from .errors import UserError
 from .stages.prune import PruneConfig
-from .targets import CalibrationMethod
+from .targets import CalibrationMethod, check_counts, check_runner
 
 QuantizeChoice = Literal["int8", "fp16", "none"]
 
@@ -86,8 +86,11 @@ def make(recipe_path: str | None = None, overrides: dict[str, Any] | None = None
         recipe = _with_example(recipe)
     if recipe.input_shape is not None and (not recipe.input_shape or any(d <= 0 for d in recipe.input_shape)):
         raise UserError(f"{where}: input_shape {recipe.input_shape} must be positive integers, e.g. 1,3,224,224")
-    if recipe.calibration.samples < 1:
-        raise UserError(f"{where}: calibration.samples must be at least 1")
+    bench = recipe.bench or BenchRequest()
+    check_counts(where, {"calibration.samples": recipe.calibration.samples, "bench.runs": bench.runs,
+                         "bench.warmup": bench.warmup, "bench.threads": bench.threads, "bench.samples": bench.samples})
+    if bench.runner is not None:
+        check_runner(bench.runner, f"{where}: bench.runner")
     if not recipe.targets:
         raise UserError(f"{where}: give at least one target")
     if isinstance(recipe.float_fallback, str) and recipe.float_fallback != "auto":

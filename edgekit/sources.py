@@ -7,13 +7,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import logging
 import pickle
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from .errors import UserError, first_line
 from .spec import TensorSpec, image_layout
@@ -97,11 +98,12 @@ def _load_onnx(path: Path, input_shape: list[int] | None) -> SourceModel:
 def read_onnx(path: Path):
     """Load and check an ONNX file; a corrupt or truncated file is a UserError."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
+    except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as err:
         detail = first_line(err)
         raise UserError(f"{path} is not a valid ONNX model ({detail}): re-export it, "
                         f"or check that the file was copied completely") from None
@@ -202,7 +204,7 @@ def _load_state_dict(model, path: Path) -> None:
         detail = str(err).strip().splitlines()[0]
         raise UserError(f"refused to load {path}: it is a pickle that needs code execution to read ({detail}). "
                         f"Save only the weights with torch.save(model.state_dict(), ...)") from None
-    except Exception as err:
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise UserError(f"cannot read weights {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -254,9 +256,10 @@ def _check_forward(model, inputs: list[TensorSpec], reference: str) -> list[Tens
 def _load_exported_program(path: Path, input_shape: list[int] | None) -> SourceModel:
     import torch
 
+    logging.getLogger("torch.export").setLevel(logging.ERROR)  # it logs a traceback before raising
     try:
         program = torch.export.load(str(path))
-    except Exception as err:
+    except (RuntimeError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"cannot load {path} as a torch.export program: {str(err).splitlines()[0]}") from None
     args = program.example_inputs[0] if program.example_inputs else ()
     declared = tuple(args[0].shape) if args else None
@@ -278,7 +281,7 @@ def _load_torchscript(path: Path, input_shape: list[int] | None) -> SourceModel:
 
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:
+    except (RuntimeError, OSError, ValueError) as err:
         raise UserError(f"cannot load {path} as TorchScript ({str(err).strip().splitlines()[0]}): a plain "
                         f"state_dict needs its model, as `file.py:factory --weights {path}`") from None
     module.eval()

@@ -6,6 +6,7 @@ YAML file given by path. `extends: <name>` merges a profile over another one.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,14 @@ import yaml
 from . import schema
 from .errors import UserError
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one path component, never '.' or '..'
+# ssh://[user@]host[:port]: host a DNS name, IPv4 or [IPv6]. Nothing ssh could read as an option or a shell
+# could split: the runner may come from a shared profile or recipe.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+SSH_ADDRESS = re.compile(rf"ssh://(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{{0,31}})@)?"
+                         rf"(?:(?P<host>{_LABEL}(?:\.{_LABEL})*)|\[(?P<ipv6>[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)\])"
+                         rf"(?::(?P<port>[0-9]{{1,5}}))?")
+LOCAL_RUNNERS = ("native", "docker", "qemu")
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 Precision = Literal["fp32", "fp16", "int8"]
 QuantType = Literal["int8", "uint8"]
@@ -111,6 +120,32 @@ class Bench:
     remote_python: str = "python3"  # the device's Python for ssh:// runners (needs numpy and the runtime)
 
 
+def ssh_address(runner: str, where: str) -> tuple[str, int | None]:
+    """The destination ([user@]host) and port ssh is given for an ssh:// runner."""
+    match = SSH_ADDRESS.fullmatch(runner)
+    port = int(match["port"]) if match and match["port"] else None
+    if not match or port is not None and not 1 <= port <= 65535:
+        raise UserError(f"{where} {runner!r} is not an SSH destination: write ssh://[user@]host[:port] "
+                        f"(user and host: letters, digits, '.', '_', '-', not starting with '-'; host may be "
+                        f"[IPv6]; port 1-65535)")
+    host = match["host"] or match["ipv6"]
+    return (f"{match['user']}@{host}" if match["user"] else host), port
+
+
+def check_runner(runner: str, where: str) -> None:
+    if runner.startswith("ssh://"):
+        ssh_address(runner, where)
+    elif runner not in LOCAL_RUNNERS:
+        raise UserError(f"{where}: unknown runner {runner!r}: use native, docker, qemu or ssh://[user@]host[:port]")
+
+
+def check_counts(where: str, counts: dict[str, int | None]) -> None:
+    """Runs, warm-up runs, samples, threads, steps: whole numbers of 1 or more (None: not given)."""
+    for key, value in counts.items():
+        if value is not None and value < 1:
+            raise UserError(f"{where}: {key} is {value}: give a whole number of 1 or more")
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -134,6 +169,13 @@ class Target:
     source: str = ""
 
     def __post_init__(self):
+        if not SAFE_NAME.fullmatch(self.name):
+            raise UserError(f"{self.source or 'profile'}: target name {self.name!r} must be one plain folder name "
+                            f"(letters, digits, '.', '_', '-'; not starting with '.' or '-'): it names OUT/<name>")
+        where = self.source or self.name
+        check_counts(where, {"bench.runs": self.bench.runs, "bench.warmup": self.bench.warmup,
+                             "runtime.threads": self.runtime.threads})
+        check_runner(self.bench.runner, f"{where}: bench.runner")
         known = {f.name for f in dataclasses.fields(Tolerance)}
         for section in ("kind_tolerances", "output_tolerances"):
             for name, precisions in getattr(self, section).items():
@@ -169,9 +211,22 @@ def load(name_or_path: str) -> Target:
     return schema.build(Target, {**data, "source": source}, where=source)
 
 
-def from_dict(data: dict, where: str) -> Target:
-    """A profile as recorded in a manifest."""
-    return schema.build(Target, data, where)
+def builtin_name(target: Target) -> str | None:
+    """The built-in profile `target` was loaded from (convert's derived profiles included), or None for a file."""
+    path = Path(target.source)
+    return path.stem if path.parent == PROFILE_DIR and path.is_file() else None
+
+
+def for_build(recorded_builtin: str | None, named: str | None, folder: str) -> Target:
+    """The profile a finished build is checked and benched by: the one the user names, else the built-in
+    profile its manifest names. Never the profile copy inside the folder: a build folder may come from
+    anywhere, and its runner, commands and tolerances must not decide how it is judged or what runs."""
+    if named:
+        return load(named)
+    if recorded_builtin and recorded_builtin in available():
+        return load(recorded_builtin)
+    raise UserError(f"{folder} was not built with a built-in profile: name the profile to judge it by with "
+                    f"--target NAME or --target path/to/profile.yaml")
 
 
 def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import first_line
 from .output_kinds import OutputKind
 from .parity import ParityResult, compare
-from .runners import open_runner, run_dataset
+from .runners import open_runner, run_dataset, runtime_errors
 from .spec import TensorSpec
 from .targets import Runtime, Tolerance
 
@@ -33,7 +33,7 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
     try:
         runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
-    except Exception as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
+    except runtime_errors() as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
     return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,

@@ -106,3 +106,26 @@ def ssh_device(tmp_path_factory):
             os.environ.pop("EDGEKIT_SSH_OPTIONS", None)
         else:
             os.environ["EDGEKIT_SSH_OPTIONS"] = previous
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `root` (itself included) with its size and modification time: two calls
+    compare equal only if nothing under `root` was added, removed, replaced or written."""
+    state = {}
+    for path in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+        info = path.lstat()
+        state[str(path.relative_to(root))] = (info.st_size if path.is_file() else -1, info.st_mtime_ns)
+    return state
+
+
+def one_line_error(capsys_or_text, code: int, expected_code: int = 2, *words: str) -> str:
+    """Assert the CLI's bad-input contract: the exit code, exactly one line on stderr, no traceback, and the
+    words the message must name. Takes pytest's capsys or the stderr text of a subprocess."""
+    text = capsys_or_text if isinstance(capsys_or_text, str) else capsys_or_text.readouterr().err
+    message = text.strip()
+    assert code == expected_code, message
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in message and "\x1b[" not in message, message
+    for word in words:
+        assert word in message, message
+    return message

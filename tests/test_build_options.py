@@ -78,7 +78,7 @@ def test_keep_going_packages_a_failing_build_that_check_then_rejects(tmp_path):
     assert run_cli("build", "--target", strict_target(tmp_path), "--out", out, "--keep-going", "--quiet") == 0
     manifest = read_manifest(out / "strict")
     assert [a["parity"]["passed"] for a in manifest["artifacts"]] == [True, False]
-    assert run_cli("check", out / "strict") == 1
+    assert run_cli("check", out / "strict", "--target", strict_target(tmp_path)) == 1
 
 
 def test_interrupted_build_leaves_the_previous_output_untouched(tmp_path, monkeypatch):

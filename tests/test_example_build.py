@@ -122,8 +122,9 @@ def test_check_passes_then_fails_after_one_byte_changes(example_build, tmp_path,
         assert f"{name}: its sha256 differs" in capsys.readouterr().out
 
 
-def test_check_recomputes_parity(example_build, tmp_path, capsys):
-    """Tightening a tolerance in the manifest makes check fail: the verdict is computed, not read back."""
+def test_check_recomputes_parity_with_the_named_profiles_limits(example_build, tmp_path, capsys):
+    """The verdict is computed, not read back, and by the profile's limits: a tolerance edited in the folder
+    counts only when asked for (--recorded-tolerances), and a tighter profile file fails the same artifact."""
     import json
 
     folder = tmp_path / "arm64"
@@ -131,7 +132,12 @@ def test_check_recomputes_parity(example_build, tmp_path, capsys):
     manifest = read_manifest(folder)
     manifest["artifacts"][1]["output_tolerances"]["output"]["min_cosine"] = 0.9999999
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert run_cli("check", folder) == 1
+    assert run_cli("check", folder) == 0
+    assert run_cli("check", folder, "--recorded-tolerances") == 1
+    assert "cosine (output)" in capsys.readouterr().out
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("extends: arm64\ndescription: strict\ntolerances: {int8: {min_cosine: 0.9999999}}\n")
+    assert run_cli("check", folder, "--target", strict) == 1
     assert "cosine (output)" in capsys.readouterr().out
 
 

@@ -40,13 +40,13 @@ def test_full_int8_collapses_in_both_formats(broken):
     assert acc["model.fp32.onnx"] == pytest.approx(99.72, abs=0.01)
     for name in INT8:
         assert acc["model.fp32.onnx"] - acc[name] > 5, name
-    assert run_cli("check", broken) == 1
+    assert run_cli("check", broken, "--target", "arm64") == 1
 
 
 @pytest.mark.slow
 def test_debug_names_the_planted_layer_first_in_onnx_and_tflite(broken, capsys):
     capsys.readouterr()
-    assert run_cli("debug", broken, "--json") == 0
+    assert run_cli("debug", broken, "--model", PLANTED, "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["reference"] == "torch"
     for name in INT8:
@@ -80,7 +80,7 @@ def test_auto_plan_keeps_only_what_is_needed_in_float_in_both_formats(tmp_path):
     assert by_file["model.int8.onnx"]["details"]["float_nodes"] == sorted(plan["float_nodes"])
     kept = by_file["model.int8.tflite"]["details"]["float_fallback"]
     assert kept["float_onnx_nodes"] == plan["float_nodes"] and kept["float_ops"]
-    assert run_cli("check", folder) == 0
+    assert run_cli("check", folder, "--target", "arm64") == 0
 
 
 @pytest.mark.slow
@@ -108,7 +108,8 @@ def test_unknown_layer_name_is_a_clear_error(tmp_path, capsys):
 
 def test_example_maps_over_ninety_percent_of_onnx_nodes(example_build, capsys):
     capsys.readouterr()
-    assert run_cli("debug", example_build / "arm64", "--samples", "16") == 0
+    assert run_cli("debug", example_build / "arm64", "--model", example.FACTORY, "--weights", example.WEIGHTS,
+                   "--samples", "16") == 0
     text = capsys.readouterr().out
     print(text.splitlines()[1:3])
     for line in text.splitlines()[1:3]:

@@ -15,7 +15,7 @@ from edgekit import output_kinds
 from edgekit.data import Dataset
 from edgekit.parity import compare, output_metrics
 from edgekit.stages import Artifact, quantize
-from edgekit.targets import Quantization, Tolerance
+from edgekit.targets import Quantization
 from edgekit.targets import load as load_target
 
 

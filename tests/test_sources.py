@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TESTS, read_manifest, run_cli
-from models import tiny_resnet, two_heads
+from models import tiny_resnet
 
 
 @pytest.fixture(scope="module")

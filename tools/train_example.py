@@ -8,7 +8,6 @@ Writes edgekit/example/weights.pt (state_dict), calib.npz (x: 128 training image
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from .. import package
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..gpu import trtexec_command
 from ..parity import compare
-from ..check import judged_by
+from ..check import judged_by, output_kinds
 from ..targets import Target
 from .hosts import RUNNER, Host, SshHost, make_host
 
@@ -43,13 +43,13 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
                 "providers": target.runtime.onnxruntime_providers}
     records = []
     for entry in entries:
-        report, outputs = _run(host, folder / entry["file"], inputs, settings, entry)
-        tolerance, kinds = judged_by(manifest, entry)
-        parity = compare(reference, outputs, tolerance, labels, kinds)
+        artifact = package.inside(folder, entry["file"], "artifacts[].file")
+        report, outputs = _run(host, artifact, inputs, settings, entry)
+        parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, output_kinds(manifest))
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
-            record["tensorrt"] = host.trtexec(folder / entry["file"], command, timeout=1800)
+            record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
         entry["benchmarks"] = [b for b in entry.get("benchmarks", []) if b["runner"] != host.name] + [record]
         records.append({"file": entry["file"], "host_parity": entry["parity"], **record})
     _rewrite_manifest(folder, manifest)
@@ -59,15 +59,15 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
 def bench_file(path: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
                threads: int | None) -> list[dict[str, Any]]:
     """Latency of a lone artifact on random inputs; parity needs a build folder's reference outputs."""
-    from ..runners import open_runner
+    from ..runners import open_runner, runtime_errors
 
     formats = {".onnx": "onnx", ".tflite": "tflite"}
     if path.suffix not in formats:
         raise UserError(f"{path} is neither a build folder nor an .onnx / .tflite artifact")
     try:
         specs = open_runner(path, formats[path.suffix], target.runtime).inputs
-    except Exception as err:
-        raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    except runtime_errors() as err:
+        raise UserError(f"cannot load {path}: {first_line(err)}") from None
     rng = np.random.default_rng(0)
     inputs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in specs}
     host = make_host(runner or target.bench.runner, target.bench)
@@ -120,5 +120,4 @@ def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     package.write_json(partial, manifest)
     partial.replace(folder / package.MANIFEST)
     write_report(folder, manifest)
-    if (folder.parent / f"{folder.name}.tar.gz").exists():
-        package.archive(folder)
+    package.refresh_archive(folder)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..targets import Bench
+from ..targets import Bench, check_runner, ssh_address
 
 CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 RUNNER = Path(__file__).resolve().parents[1] / "device" / "runner.py"
@@ -100,16 +100,15 @@ class SshHost(Host):
 
     def __init__(self, address: str, python: str):
         self.name, self.python = address, python
-        self.destination, _, self.port = address.removeprefix("ssh://").partition(":")
-        if not self.destination:
-            raise UserError(f"'{address}' names no host: write ssh://user@host[:port]")
+        self.destination, self.port = ssh_address(address, "--runner")
         # Keys, jump hosts and the like come from ~/.ssh/config or EDGEKIT_SSH_OPTIONS ("-i KEY -J HOST").
         self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
                         *shlex.split(os.environ.get("EDGEKIT_SSH_OPTIONS", ""))]
 
     def _ssh(self, command: str, timeout: float, send: bytes | None = None) -> bytes:
-        port = ["-p", self.port] if self.port else []
-        return _call(["ssh", *self.options, *port, self.destination, command], None, timeout, send)
+        port = ["-p", str(self.port)] if self.port else []
+        # `--`: whatever the destination looks like, ssh never reads it as an option.
+        return _call(["ssh", *self.options, *port, "--", self.destination, command], None, timeout, send)
 
     @contextlib.contextmanager
     def _remote_folder(self, files: list[Path], timeout: float) -> Iterator[str]:
@@ -142,7 +141,8 @@ class SshHost(Host):
             tar.extractall(workdir, filter="data")
 
     def trtexec(self, artifact: Path, command: str, timeout: float) -> dict:
-        """Build and time the artifact's TensorRT engine on the device with the manifest's command."""
+        """Build and time the artifact's TensorRT engine on the device with `command`, which
+        edgekit.gpu.trtexec_command makes (names shell-quoted) from the profile benched by, never from the folder."""
         from ..gpu import parse_trtexec
 
         tool = shlex.split(command)[0]
@@ -160,15 +160,14 @@ class SshHost(Host):
 
 
 def make_host(runner: str, settings: Bench) -> Host:
-    if runner == "native":
-        return NativeHost()
+    check_runner(runner, "--runner")
+    if runner.startswith("ssh://"):
+        return SshHost(runner, settings.remote_python)
     if runner == "qemu":
         return QemuHost(settings.arch)
     if runner == "docker":
         return DockerHost(settings.arch)
-    if runner.startswith("ssh://"):
-        return SshHost(runner, settings.remote_python)
-    raise UserError(f"unknown runner '{runner}': use native, docker, qemu or ssh://user@host")
+    return NativeHost()
 
 
 def _call(command: list[str], cwd: Path | None, timeout: float, send: bytes | None = None) -> bytes:

@@ -24,25 +24,26 @@ SKIPPED_TFLITE_OPS = ("input", "QUANTIZE", "DEQUANTIZE")
 
 
 def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: dict[str, np.ndarray],
-               only: str | None = None) -> dict[str, Any]:
-    """Rows per artifact (in network order), first divergence, largest drop, and mapping coverage."""
+               only: str | None = None, model: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
+    """Rows per artifact (in network order), first divergence, largest drop, and mapping coverage.
+    `model`: the PyTorch model and weights the user names for the torch reference."""
     import onnx
 
-    if not (folder / FLOAT_ONNX).is_file():
+    if not package.inside(folder, FLOAT_ONNX, FLOAT_ONNX).is_file():
         raise UserError(f"{folder} has no {FLOAT_ONNX}: per-layer debugging maps every format through the float "
                         f"ONNX graph, so build with 'onnx' among the target's formats")
     graph = onnx.load(str(folder / FLOAT_ONNX))
     onnx_capture = capture_onnx(graph, inputs)
     coverage: dict[str, Any] = {}
     if reference == "torch":
-        reference_capture = capture_torch(_torch_module(manifest), inputs, batch=len(next(iter(inputs.values()))))
+        reference_capture = capture_torch(_torch_module(manifest, *model), inputs, batch=len(next(iter(inputs.values()))))
         to_onnx = map_torch_onnx(reference_capture, onnx_capture, graph).pairs
         coverage["onnx_nodes_to_pytorch_modules"] = node_coverage(graph, set(to_onnx.values()))
     else:
         reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
     entries = {entry["file"]: entry for entry in manifest["artifacts"]}
     float_tflite = None
-    if FLOAT_TFLITE in entries and (folder / FLOAT_TFLITE).is_file():
+    if FLOAT_TFLITE in entries and package.inside(folder, FLOAT_TFLITE, FLOAT_TFLITE).is_file():
         float_tflite = capture_tflite(folder / FLOAT_TFLITE, inputs, artifact_io(entries[FLOAT_TFLITE]))
         onnx_to_tflite = match_by_value(onnx_capture, float_tflite).pairs
         coverage["onnx_nodes_to_tflite_tensors"] = node_coverage(graph, set(onnx_to_tflite), fusable=("Clip", "Relu"))
@@ -51,7 +52,7 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
     for entry in manifest["artifacts"]:
         if only not in (None, entry["file"]) or (reference == "onnx" and entry["file"] == FLOAT_ONNX):
             continue
-        path = folder / entry["file"]
+        path = package.inside(folder, entry["file"], "artifacts[].file")
         if entry["format"] == "onnx":
             candidate, mapping = capture_onnx(path, inputs), to_onnx
         elif float_tflite is not None:
@@ -89,14 +90,24 @@ def _threshold(manifest: dict[str, Any]) -> float:
     return int8.get("min_snr_db") or DEFAULT_THRESHOLD_DB
 
 
-def _torch_module(manifest: dict[str, Any]):
+def _torch_module(manifest: dict[str, Any], model: str | None, weights: str | None):
+    """The user's PyTorch model, loaded from what they name on the command line: a build folder may come from
+    anywhere, so the model file its manifest records is never imported."""
     from ..sources import load
 
-    recipe = manifest["recipe"]
     if manifest["source_model"]["kind"] != "torch":
         raise UserError("--reference torch needs a PyTorch source model; this build came from ONNX: "
                         "use --reference onnx")
-    return load(recipe["model"], recipe["weights"], recipe["input_shape"]).module
+    if model is None:
+        raise UserError("--reference torch needs the model the build was made from: add --model file.py:factory "
+                        "--weights W (a build folder never names code to run)")
+    shape = manifest["model_io"]["inputs"][0]["shape"]
+    source = load(model, weights, shape)
+    if source.sha256 != manifest["source_model"]["sha256"]:
+        raise UserError(f"{model} is not the model this build was made from (its digest differs from the "
+                        f"manifest's source_model.sha256; a pruned build's model is only in the build): give the "
+                        f"same model and weights, or use --reference onnx")
+    return source.module
 
 
 def held_out_inputs(folder: Path, manifest: dict[str, Any], path: str | None, samples: int) -> dict[str, np.ndarray]:

@@ -28,4 +28,13 @@ def open_runner(path: Path, artifact_format: str, runtime: Runtime,
     raise ValueError(f"no runner for artifact format '{artifact_format}'")
 
 
-__all__ = ["Runner", "open_runner", "run_dataset"]
+def runtime_errors() -> tuple[type[BaseException], ...]:
+    """What a runtime raises for an artifact it cannot load or run (corrupt, unsupported, mis-described):
+    a failed verdict. Anything else is a bug in edgekit and keeps its traceback."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (RuntimeError, ValueError, OSError, state.Fail, state.InvalidGraph, state.InvalidArgument,
+            state.InvalidProtobuf, state.NotImplemented, state.NoSuchFile, state.RuntimeException, state.EPFail)
+
+
+__all__ = ["Runner", "open_runner", "run_dataset", "runtime_errors"]

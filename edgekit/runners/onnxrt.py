@@ -18,14 +18,14 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
 def load_error(path: Path) -> str | None:
     """Why ONNX Runtime refuses to load `path` (its first line), or None when it loads."""
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    from . import runtime_errors
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented,
-            state.RuntimeException) as err:
+    except runtime_errors() as err:
         detail = first_line(err)
         # "[...] INVALID_GRAPH : Load model from P failed: ... In Node, ("name", Op, ...) : (...) , Error CAUSE"
         node = re.search(r'In Node, \("([^"]+)", (\w+)', detail)

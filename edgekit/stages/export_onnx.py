@@ -7,7 +7,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from ..errors import UserError, first_line
+from ..errors import UserError, first_line, machine_error
 from .. import output_kinds
 from ..graph_stats import graph_stats
 from ..sources import SourceModel
@@ -78,7 +78,9 @@ def _from_torch(source: SourceModel, opset: int, workdir: Path):
             torch.onnx.export(source.module, args, str(raw), dynamo=not legacy, opset_version=opset,
                               input_names=[s.name for s in source.inputs],
                               output_names=[s.name for s in source.outputs], external_data=False)
-    except Exception as err:
+    except Exception as err:  # the exporter runs the user's forward(), which may raise anything
+        if machine_error(err):
+            raise machine_error(err) from None
         detail = first_line(err)
         raise UserError(f"PyTorch could not export {source.reference} to ONNX opset {opset}: {detail}. "
                         f"Replace or register the unsupported operation, or export to ONNX yourself and "

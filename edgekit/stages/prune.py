@@ -58,14 +58,14 @@ class PruneConfig:
             raise UserError(f"prune candidates {self.candidates} must be ratios in (0, 1), e.g. [0.3, 0.5, 0.7]")
         if self.round_to < 1:
             raise UserError(f"prune round_to {self.round_to} must be 1 or more, e.g. 8")
-        if self.recover_steps < 0:
-            raise UserError(f"prune recover_steps {self.recover_steps} must be 0 or more, e.g. 300")
+        if self.recover_steps < 1:
+            raise UserError(f"prune recover_steps {self.recover_steps} must be 1 or more, e.g. 300")
         if self.temperature <= 0:
             raise UserError(f"prune temperature {self.temperature} must be positive, e.g. 4")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UserError(f"max_accuracy_drop {self.max_accuracy_drop} must be >= 0 percentage points")
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise UserError(f"min_agreement {self.min_agreement} must be a fraction in [0, 1], e.g. 0.98")
+        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
+            raise UserError(f"min_agreement {self.min_agreement} must be a fraction in (0, 1], e.g. 0.98")
 
     @property
     def has_budget(self) -> bool:

@@ -7,7 +7,6 @@ import io
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from ..data import Dataset
 from ..errors import UserError

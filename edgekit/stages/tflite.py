@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..data import Dataset
-from ..errors import UserError, first_line
+from ..errors import UserError, first_line, machine_error
 from ..runners.litert import bind_io, silenced, tf_name
 from . import Artifact
 
@@ -78,7 +78,9 @@ def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log:
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(scratch / "out"),
                             not_use_onnxsim=True,  # edgekit's ONNX is simplified already (onnxslim)
                             custom_input_op_name_np_data_path=calib, non_verbose=True, **options)
-        except (Exception, SystemExit) as err:  # onnx2tf ends some failures with sys.exit(1)
+        except (Exception, SystemExit) as err:  # only onnx2tf runs here; it ends some failures with sys.exit(1)
+            if machine_error(err):
+                raise machine_error(err) from None
             raise _conversion_error(err, log, model) from None
     return calib
 

@@ -1,0 +1,82 @@
+"""The JSON Schema of manifest.json: what `check`, `bench` and `debug` read from a build folder, with types.
+
+A build folder may come from anywhere; a manifest that does not match is refused with the key named
+before any of its values is used.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UserError
+
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A path inside the build folder, written with forward slashes; `package.inside` also refuses links out.
+RELATIVE_PATH = {"type": "string", "pattern": r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\\\x00]+$"}
+FILE_RECORD = {"type": "object", "required": ["file", "sha256", "bytes"],
+               "properties": {"file": RELATIVE_PATH, "sha256": SHA256, "bytes": {"type": "integer", "minimum": 0}}}
+LIMIT = {"type": ["number", "null"]}
+TOLERANCE = {"type": "object", "additionalProperties": False,
+             "properties": {key: LIMIT for key in ("max_abs_error", "max_rel_error", "max_mean_abs_error", "min_cosine",
+                                                   "min_snr_db", "min_top1_agreement", "min_iou",
+                                                   "max_accuracy_drop")}}
+TENSOR = {"type": "object", "required": ["name", "shape"], "additionalProperties": False,
+          "properties": {"name": {"type": "string", "minLength": 1},
+                         "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                         "dtype": {"enum": ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64",
+                                                   "bool"]},
+                         "layout": {"type": "string"},
+                         "quantization": {"type": "object", "required": ["scale", "zero_point"],
+                                          "properties": {"scale": {"type": "number"},
+                                                         "zero_point": {"type": "integer"}}},
+                         "transpose": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                         "runtime_name": {"type": "string"},
+                         "kind": {"type": "object", "required": ["kind"],
+                                  "properties": {"kind": {"enum": ["probability", "distribution", "logits",
+                                                                   "values"]},
+                                                 "class_axis": {"type": ["integer", "null"]}}}}}
+ARTIFACT = {"type": "object",
+            "required": ["file", "sha256", "bytes", "format", "precision", "inputs", "outputs", "tolerance", "parity"],
+            "properties": {**FILE_RECORD["properties"],
+                           "format": {"enum": ["onnx", "tflite"]},
+                           "precision": {"enum": ["fp32", "fp16", "int8", "dynamic_int8"]},
+                           "inputs": {"type": "array", "minItems": 1, "items": TENSOR},
+                           "outputs": {"type": "array", "minItems": 1, "items": TENSOR},
+                           "tolerance": TOLERANCE,
+                           "output_tolerances": {"type": "object", "additionalProperties": TOLERANCE},
+                           "parity": {"type": "object", "required": ["passed"],
+                                      "properties": {"passed": {"type": ["boolean", "null"]}}},
+                           "benchmarks": {"type": "array", "items": {"type": "object"}}}}
+MANIFEST = {
+    "type": "object",
+    "required": ["schema", "target", "source_model", "model_io", "evaluation", "artifacts", "failures", "versions"],
+    "properties": {
+        "schema": {"const": 1},
+        "target": {"type": "object", "required": ["name", "profile"],
+                   "properties": {"name": {"type": "string"}, "builtin": {"type": ["string", "null"]},
+                                  "profile": {"type": "object"}}},
+        "source_model": {"type": "object", "required": ["kind"], "properties": {"kind": {"enum": ["torch", "onnx"]}}},
+        "model_io": {"type": "object", "required": ["inputs", "outputs"],
+                     "properties": {"inputs": {"type": "array", "minItems": 1, "items": TENSOR},
+                                    "outputs": {"type": "array", "minItems": 1, "items": TENSOR}}},
+        "evaluation": {"type": "object", "required": ["inputs", "reference_outputs"],
+                       "properties": {"inputs": FILE_RECORD, "reference_outputs": FILE_RECORD}},
+        "artifacts": {"type": "array", "items": ARTIFACT},
+        "failures": {"type": "array", "items": {"type": "object", "required": ["stage", "format", "error"],
+                                                "properties": {k: {"type": "string"}
+                                                               for k in ("stage", "format", "error")}}},
+        "versions": {"type": "object", "required": ["edgekit"], "properties": {"edgekit": {"type": "string"}}},
+    },
+}
+
+
+def validate(manifest: Any, where: str) -> None:
+    """Raise a UserError naming the first key of `manifest` that is missing or of the wrong type."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MANIFEST).iter_errors(manifest))
+    if error is None:
+        return
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
+    message = error.message if len(error.message) < 160 else error.message[:160] + "..."
+    raise UserError(f"{where} is not a valid edgekit manifest: {f'key {key!r}: ' if key else ''}{message}: "
+                    f"rebuild the folder with `edgekit build`")
