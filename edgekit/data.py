@@ -7,6 +7,7 @@ before any conversion starts.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def load(path_text: str, specs: list[TensorSpec], preprocess: Preprocess | None)
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as err:
+    except (ValueError, OSError, EOFError) as err:  # pickled objects, a truncated or foreign file
         raise UserError(f"cannot read {path} as a NumPy array: {err}") from None
 
 
@@ -181,7 +182,7 @@ def _read_npz(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {k: archive[k] for k in archive.files}
-    except Exception as err:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"cannot read {path} as a NumPy .npz archive: {err}") from None
     labels = contents.pop("y", None)
     if len(specs) == 1 and specs[0].name not in contents:

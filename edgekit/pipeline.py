@@ -179,7 +179,7 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
             runner = OnnxRuntimeRunner(source.onnx_path, ["CPUExecutionProvider"])
         outputs = run_dataset(runner, data.evaluation.inputs)
-    except Exception as err:
+    except Exception as err:  # the user's model (its forward, or its graph in ONNX Runtime) may raise anything
         engine = "PyTorch" if source.kind == "torch" else "ONNX Runtime"
         detail = first_line(err)
         raise UserError(f"{engine} cannot run the source model {source.reference} on the held-out data: "

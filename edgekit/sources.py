@@ -137,7 +137,7 @@ def _load_factory(reference: str, weights: str | None, input_shape: list[int] | 
                         f"the model, as in `{target}:make_model`")
     try:
         model = factory()
-    except Exception as err:
+    except Exception as err:  # the user's code, which may raise anything
         raise UserError(f"calling {reference}() failed: {type(err).__name__}: {err}") from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{reference}() returned {type(model).__name__}, not a torch.nn.Module")
@@ -178,7 +178,7 @@ def _import(target: str):
         sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
         try:
             spec.loader.exec_module(module)
-        except Exception as err:
+        except Exception as err:  # the user's code, which may raise anything
             del sys.modules[spec.name]
             raise UserError(f"importing {path} failed: {type(err).__name__}: {err}") from None
         finally:
@@ -191,7 +191,7 @@ def _import(target: str):
     except ModuleNotFoundError as err:
         raise UserError(f"cannot import '{target}' ({err}): give `path/to/file.py:factory` or a module "
                         f"on PYTHONPATH as `package.module:factory`") from None
-    except Exception as err:
+    except Exception as err:  # the user's code, which may raise anything
         raise UserError(f"importing {target} failed: {type(err).__name__}: {err}") from None
 
 

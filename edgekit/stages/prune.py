@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..parity import output_metrics
 
 Method = Literal["l1", "l2", "bn", "taylor"]
@@ -243,8 +243,8 @@ class _Job:
             pruner = _NearestRoundingPruner()(model, example, importance=importance, pruning_ratio=ratio,
                                           global_pruning=False, ignored_layers=ignored,
                                           round_to=config.round_to if config.round_to > 1 else None)
-        except Exception as err:
-            raise UserError(f"Torch-Pruning cannot trace {type(model).__name__} ({_first_line(err)}): list the "
+        except Exception as err:  # Torch-Pruning traces the user's model: either may raise anything
+            raise UserError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(err)}): list the "
                             f"modules it trips on in prune.keep, or drop the prune ratio") from None
         if config.method == "taylor":
             self._taylor_gradients(model)
@@ -252,8 +252,8 @@ class _Job:
         try:
             pruner.step()
             result = _forward(model, example)
-        except Exception as err:
-            raise UserError(f"Torch-Pruning could not prune {type(model).__name__} ({_first_line(err)}): list "
+        except Exception as err:  # the user's model, cut by Torch-Pruning: either may raise anything
+            raise UserError(f"Torch-Pruning could not prune {type(model).__name__} ({first_line(err)}): list "
                             f"the modules involved in prune.keep, or drop the prune ratio") from None
         finally:
             model.zero_grad(set_to_none=True)
@@ -477,11 +477,6 @@ def _checked(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarr
     if not np.isfinite(x).all():
         raise UserError(f"{what} holds NaN or infinite values: clean the data before pruning")
     return x.astype(np.float32, copy=False)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _version(package: str) -> str | None:
