@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import UserError
+from .formats import FORMATS
 
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 # A path inside the build folder, written with forward slashes; `package.inside` also refuses links out.
@@ -37,8 +38,8 @@ TENSOR = {"type": "object", "required": ["name", "shape"], "additionalProperties
 ARTIFACT = {"type": "object",
             "required": ["file", "sha256", "bytes", "format", "precision", "inputs", "outputs", "tolerance", "parity"],
             "properties": {**FILE_RECORD["properties"],
-                           "format": {"enum": ["onnx", "tflite"]},
-                           "precision": {"enum": ["fp32", "fp16", "int8", "dynamic_int8"]},
+                           "format": {"enum": list(FORMATS)},
+                           "precision": {"enum": sorted({p for f in FORMATS.values() for p in f.precisions})},
                            "inputs": {"type": "array", "minItems": 1, "items": TENSOR},
                            "outputs": {"type": "array", "minItems": 1, "items": TENSOR},
                            "tolerance": TOLERANCE,

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, package, resources, sources, targets
+from . import __version__, formats, package, resources, sources, targets
 from .data import BuildData, load_build_data
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
-from .isolation import isolated
 from .output_kinds import OutputKind
 from .parity import accuracy, classifier_output, range_problems
 from .precision_plan import PrecisionPlan, make_plan
@@ -24,9 +23,8 @@ from .report import Progress
 from .runners import run_dataset
 from .sources import SourceModel
 from .spec import TensorSpec
-from .stages import Artifact
+from .stages import Artifact, Stage, StageContext, validate_order
 from .stages.export_onnx import export_onnx
-from .stages.quantize import check_excluded_nodes, convert_fp16, quantize_int8
 from .targets import Target
 from .verify import verify
 
@@ -197,78 +195,48 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     """The target's artifacts, the conversions that failed (a format that cannot be made does not stop the
     others; its failure is reported and fails the build), the precision plan and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
-    onnx_precisions = chosen_precisions(target.onnx.precisions, recipe.quantize) if "onnx" in target.formats else []
+    chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize) for name in target.formats}
     with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
-        fp32 = export_onnx(shared.source, target.opset, folder)  # the hub, shipped or not
-    kinds = {name: OutputKind.from_dict(data) for name, data in fp32.metadata["output_kinds"].items()}
-    artifacts, failures = [fp32] if "fp32" in onnx_precisions else [], []
-    tflite_precisions = chosen_precisions(target.tflite.precisions, recipe.quantize) \
-        if "tflite" in target.formats else []
+        hub = export_onnx(shared.source, target.opset, folder)  # shipped or not, every artifact is made from it
+    kinds = {name: OutputKind.from_dict(data) for name, data in hub.metadata["output_kinds"].items()}
     scheme = target.quantization
     if recipe.calibration.method:
         scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
-    if "int8" in onnx_precisions:
-        check_excluded_nodes(fp32, scheme, recipe.calibration.exclude_nodes)
-    plan = None
-    if recipe.float_fallback and "int8" in onnx_precisions + tflite_precisions:
+    context = StageContext(hub, target, calibration, scheme, recipe.calibration.exclude_nodes, None, folder)
+    stages = [stage for name, precisions in chosen.items() for stage in formats.get(name).stages(context, precisions)]
+    validate_order(stages)
+    for stage in stages:
+        if stage.check:
+            stage.check(context)
+    if recipe.float_fallback and any("int8" in precisions for precisions in chosen.values()):
         how = "auto" if recipe.float_fallback == "auto" else "named layers"
         with progress.step(f"{label} precision plan ({how})"):
             # The search starts from the INT8 model that ships: the user's excluded nodes stay float in it too.
             excluded = scheme.exclude_nodes + recipe.calibration.exclude_nodes
-            plan = make_plan(recipe.float_fallback, shared.source, fp32,
-                             dataclasses.replace(scheme, exclude_nodes=excluded), calibration, target.tolerance("int8"))
-    float_nodes = plan.float_nodes if plan else []
-
-    def attempt(stage: str, artifact_format: str, make) -> bool:
-        """A format that cannot be made does not stop the others; its failure is recorded and fails the build."""
-        try:
-            with progress.step(f"{label} {stage}"):
-                made = make()
-        except UserError as err:
-            failures.append({"stage": stage, "format": artifact_format, "error": str(err)})
-            return False
-        artifacts.extend(made if isinstance(made, list) else [made])
-        return True
-
-    if "fp16" in onnx_precisions:
-        attempt("convert to float16", "onnx", lambda: convert_fp16(fp32, target.float16, folder))
-    if "int8" in onnx_precisions:
-        attempt(f"quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)", "onnx",
-                lambda: quantize_int8(fp32, scheme, calibration, recipe.calibration.exclude_nodes + float_nodes,
-                                      folder))
-    if tflite_precisions and not attempt(f"convert to TFLite ({', '.join(tflite_precisions)})", "tflite",
-                                         lambda: _tflite_artifacts(fp32, tflite_precisions, plan, calibration,
-                                                                   target, folder)):
-        # Calibrating the full-integer model is where TensorFlow fails most (it has crashed on a BiLSTM):
-        # the float and dynamic-range files are made without it.
-        rest = [p for p in tflite_precisions if p != "int8"]
-        if "int8" in tflite_precisions and rest:
-            attempt(f"convert to TFLite without full-integer INT8 ({', '.join(rest)})", "tflite",
-                    lambda: _tflite_artifacts(fp32, rest, plan, calibration, target, folder))
-    if fp32 not in artifacts:
-        fp32.path.unlink()
-    return artifacts, failures, plan, kinds
+            context.plan = make_plan(recipe.float_fallback, shared.source, hub,
+                                     dataclasses.replace(scheme, exclude_nodes=excluded), calibration,
+                                     target.tolerance("int8"))
+        # A plan changes what some formats can make (dynamic-range TFLite cannot keep layers float).
+        stages = [stage for name, precisions in chosen.items()
+                  for stage in formats.get(name).stages(context, precisions)]
+    artifacts, failures = [], []
+    for stage in stages:
+        artifacts += _run_stage(stage, context, failures, progress, label)
+    if hub not in artifacts:
+        hub.path.unlink()
+    return artifacts, failures, context.plan, kinds
 
 
-def _tflite_artifacts(fp32: Artifact, precisions: list[str], plan: PrecisionPlan | None, calibration,
-                      target: Target, folder: Path) -> list[Artifact]:
-    """onnx2tf's TFLite files; with a precision plan, the full-integer one keeps the plan's layers float."""
-    from .stages.tflite import convert_tflite
-    from .stages.tflite_fallback import convert_tflite_int8_with_float_ops
-
-    float_nodes = plan.float_nodes if plan else []
-    if float_nodes and "dynamic_int8" in precisions:
-        precisions = [p for p in precisions if p != "dynamic_int8"]
-        plan.notes.append("dynamic_int8 TFLite not built: dynamic-range quantization cannot keep layers in float")
-    planned = "int8" in precisions and bool(float_nodes)
-    unplanned = [p for p in precisions if not (planned and p == "int8")]
-    artifacts = []
-    if unplanned:
-        artifacts += isolated("onnx2tf", convert_tflite, fp32, unplanned, calibration, target.tflite.io_type, folder)
-    if planned:
-        artifacts.append(isolated("the TFLite INT8 conversion with float layers", convert_tflite_int8_with_float_ops,
-                                  fp32, float_nodes, calibration, target.tflite.io_type, folder))
-    return artifacts
+def _run_stage(stage: Stage, context: StageContext, failures: list[dict[str, str]], progress: Progress,
+               label: str) -> list[Artifact]:
+    """The one failure policy: a stage that cannot make its artifacts is recorded as a failure (which fails
+    the build) and its fallback, if it has one, is tried; the other stages go on."""
+    try:
+        with progress.step(f"{label} {stage.name}"):
+            return stage.ensure(stage.run(context))
+    except UserError as err:
+        failures.append({"stage": stage.name, "format": stage.format, "error": str(err)})
+    return _run_stage(stage.fallback, context, failures, progress, label) if stage.fallback else []
 
 
 def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
@@ -354,7 +322,7 @@ def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: B
               "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures(),
                          "hints": range_problems(shared.reference, checked.outputs, artifact.precision)},
               "details": artifact.metadata}
-    if target.gpu and artifact.format == "onnx":
+    if target.gpu and formats.get(artifact.format).tensorrt:
         record["trtexec"] = trtexec_command(target, record)
     return record
 

@@ -151,7 +151,7 @@ class Target:
     name: str
     description: str
     opset: int = 18
-    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx"])
+    formats: list[str] = field(default_factory=lambda: ["onnx"])  # names in edgekit.formats; settings under each
     onnx: Onnx = field(default_factory=Onnx)
     quantization: Quantization = field(default_factory=Quantization)
     float16: Float16 = field(default_factory=Float16)
@@ -173,6 +173,12 @@ class Target:
             raise UserError(f"{self.source or 'profile'}: target name {self.name!r} must be one plain folder name "
                             f"(letters, digits, '.', '_', '-'; not starting with '.' or '-'): it names OUT/<name>")
         where = self.source or self.name
+        from .formats import FORMATS  # the registry's stages import this module
+
+        unknown = [name for name in self.formats if name not in FORMATS]
+        if unknown:
+            raise UserError(f"{where}: unknown format '{unknown[0]}' in 'formats' (edgekit makes "
+                            f"{', '.join(FORMATS)})")
         check_counts(where, {"bench.runs": self.bench.runs, "bench.warmup": self.bench.warmup,
                              "runtime.threads": self.runtime.threads})
         check_runner(self.bench.runner, f"{where}: bench.runner")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TESTS, read_manifest, run_cli
 from edgekit import example
-from edgekit import pipeline as pipeline_module
+from edgekit.stages import quantize as quantize_module
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -89,7 +89,7 @@ def test_interrupted_build_leaves_the_previous_output_untouched(tmp_path, monkey
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline_module, "quantize_int8", interrupted)
+    monkeypatch.setattr(quantize_module, "quantize_int8", interrupted)
     assert run_cli("build", "--target", "x86_64", "--out", out, "--quiet") == 130
     assert sorted(p.name for p in out.iterdir()) == ["x86_64", "x86_64.tar.gz"]  # no staging folder left
     assert (out / "x86_64" / "manifest.json").read_bytes() == before

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import package
+from .. import formats, package
 from ..errors import UserError, first_line
 from ..gpu import trtexec_command
 from ..parity import compare
@@ -47,7 +47,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         report, outputs = _run(host, artifact, inputs, settings, entry)
         parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, output_kinds(manifest))
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
-        if isinstance(host, SshHost) and target.gpu and entry["format"] == "onnx":
+        if isinstance(host, SshHost) and target.gpu and formats.get(entry["format"]).tensorrt:
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
         entry["benchmarks"] = [b for b in entry.get("benchmarks", []) if b["runner"] != host.name] + [record]
@@ -61,11 +61,8 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
     """Latency of a lone artifact on random inputs; parity needs a build folder's reference outputs."""
     from ..runners import open_runner, runtime_errors
 
-    formats = {".onnx": "onnx", ".tflite": "tflite"}
-    if path.suffix not in formats:
-        raise UserError(f"{path} is neither a build folder nor an .onnx / .tflite artifact")
     try:
-        specs = open_runner(path, formats[path.suffix], target.runtime).inputs
+        specs = open_runner(path, formats.by_suffix(path).name, target.runtime).inputs
     except runtime_errors() as err:
         raise UserError(f"cannot load {path}: {first_line(err)}") from None
     rng = np.random.default_rng(0)

@@ -17,15 +17,9 @@ def open_runner(path: Path, artifact_format: str, runtime: Runtime,
     take and return arrays exactly like the reference model; without it the artifact's own names and
     layouts are used.
     """
-    if artifact_format == "onnx":
-        from .onnxrt import OnnxRuntimeRunner
+    from ..formats import get
 
-        return OnnxRuntimeRunner(path, runtime.onnxruntime_providers, runtime.threads)
-    if artifact_format == "tflite":
-        from .litert import LiteRTRunner
-
-        return LiteRTRunner(path, runtime.threads, io)
-    raise ValueError(f"no runner for artifact format '{artifact_format}'")
+    return get(artifact_format).runner(path, runtime, io)
 
 
 def runtime_errors() -> tuple[type[BaseException], ...]:

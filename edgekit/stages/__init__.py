@@ -1,19 +1,70 @@
-"""Build stages: each takes the artifacts made so far and returns new ones."""
+"""The stage contract: every step that makes artifacts has one shape.
+
+A stage names what it needs (artifacts made before it, as "format:precision"), makes the artifacts of one
+format, checks settings before any work starts (`check`), and may name a `fallback` stage tried when it
+fails. After it runs, `ensure` checks each artifact it returned against what it declared. The pipeline
+builds a target's stage list from the format registry (edgekit.formats), validates the order, and runs
+every stage under one failure policy.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Callable
 
-from ..spec import TensorSpec
+from ..artifact import Artifact
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..precision_plan import PrecisionPlan
+    from ..targets import Quantization, Target
+
+HUB = "onnx:fp32"  # the float ONNX every other artifact is made from; exported before any stage runs
 
 
 @dataclass
-class Artifact:
-    path: Path
-    format: str  # "onnx"
-    precision: str  # "fp32", "fp16", "int8"
-    metadata: dict[str, Any] = field(default_factory=dict)  # how it was made: opset, scheme, ...
-    # The artifact's inputs and outputs paired with the reference model's, where its runtime renames or
-    # re-lays them out (TFLite); None where they are the reference's own (ONNX).
-    io: tuple[list[TensorSpec], list[TensorSpec]] | None = None
+class StageContext:
+    """What every stage of one target's build may read."""
+    hub: Artifact
+    target: Target
+    calibration: Dataset
+    scheme: Quantization  # the target's INT8 scheme, with the recipe's calibration method
+    excluded_nodes: list[str]  # ONNX nodes the user keeps float
+    plan: PrecisionPlan | None  # layers every INT8 artifact keeps float
+    folder: Path
+
+    @property
+    def float_nodes(self) -> list[str]:
+        return self.plan.float_nodes if self.plan else []
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # what the progress line and a recorded failure call it
+    version: int  # bumped when what it makes changes for the same inputs
+    format: str
+    makes: tuple[str, ...]  # precisions
+    requires: tuple[str, ...]  # "format:precision" of artifacts made before it
+    run: Callable[[StageContext], list[Artifact]]
+    check: Callable[[StageContext], None] | None = None  # settings problems, raised before any stage runs
+    fallback: Stage | None = None  # a smaller stage tried when this one fails
+
+    def ensure(self, made: list[Artifact]) -> list[Artifact]:
+        """What the stage returned is what it declared, on disk."""
+        for artifact in made:
+            if artifact.format != self.format or artifact.variant not in self.makes or not artifact.path.is_file():
+                raise RuntimeError(f"stage '{self.name}' returned {artifact.key} at {artifact.path}, but declares "
+                                   f"{self.format}:{'/'.join(self.makes)}")
+        return made
+
+
+def validate_order(stages: list[Stage]) -> None:
+    """Every stage's inputs are made by the hub or by a stage before it (the fallback stands in for its stage)."""
+    available = {HUB}
+    for stage in stages:
+        missing = [need for need in stage.requires if need not in available]
+        if missing:
+            raise UserError(f"stage '{stage.name}' needs {missing[0]}, which no earlier stage makes: "
+                            f"list the formats it depends on first in the profile's 'formats'")
+        available |= {f"{stage.format}:{precision}" for precision in stage.makes}

@@ -1,0 +1,134 @@
+"""The format registry: everything edgekit knows about one artifact format, in one entry.
+
+A format is its file suffix, the precisions a profile may list for it (under the profile key of the
+same name), the stages that make its artifacts, its host runner, its per-layer capture and a label.
+No other module branches on a format's name; a new format is a stage module, a runner module, an entry
+here, a profile key, and its conformance test (tests/test_formats.py fails for a format without one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import UserError
+from .stages import HUB, Artifact, Stage, StageContext
+
+if TYPE_CHECKING:
+    from .runners.base import Runner
+    from .targets import Runtime
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # also the profile key holding its settings (`onnx:`, `tflite:`)
+    suffix: str
+    label: str  # the runtime that runs it on a device, in words
+    precisions: tuple[str, ...]
+    stages: Callable[[StageContext, list[str]], list[Stage]]  # the stages that make these precisions
+    runner: Callable[[Path, Runtime, Any], Runner]  # the host runner, fed through the artifact's recorded io
+    capture: Callable[[Path, dict, Any], Any]  # every intermediate tensor, for per-layer divergence
+    tensorrt: bool = False  # GPU targets get a trtexec command for its artifacts
+
+    def file(self, precision: str) -> str:
+        return f"model.{precision}{self.suffix}"
+
+
+# ---- ONNX: the hub itself, float16, and INT8 QDQ by ONNX Runtime's quantizer ----------------------------
+
+def _onnx_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
+    from .stages.quantize import check_excluded_nodes, convert_fp16, quantize_int8
+
+    scheme, calibration = context.scheme, context.calibration
+    stages = {
+        "fp32": Stage("ship the float ONNX", 1, "onnx", ("fp32",), (HUB,), lambda c: [c.hub]),
+        "fp16": Stage("convert to float16", 1, "onnx", ("fp16",), (HUB,),
+                      lambda c: [convert_fp16(c.hub, c.target.float16, c.folder)]),
+        "int8": Stage(f"quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)", 1, "onnx",
+                      ("int8",), (HUB,),
+                      lambda c: [quantize_int8(c.hub, c.scheme, c.calibration, c.excluded_nodes + c.float_nodes,
+                                               c.folder)],
+                      check=lambda c: check_excluded_nodes(c.hub, c.scheme, c.excluded_nodes)),
+    }
+    return [stages[p] for p in precisions]
+
+
+def _onnx_runner(path: Path, runtime: Runtime, io) -> Runner:
+    from .runners.onnxrt import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, runtime.onnxruntime_providers, runtime.threads)
+
+
+def _onnx_capture(path: Path, inputs: dict, io):
+    from .layerwise.capture import capture_onnx
+
+    return capture_onnx(path, inputs)
+
+
+# ---- TFLite: onnx2tf files, in a child process; full-integer INT8 may keep a plan's layers float ---------
+
+def _tflite_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
+    def stage(name: str, chosen: list[str], fallback: Stage | None = None) -> Stage:
+        return Stage(f"{name} ({', '.join(chosen)})", 1, "tflite", tuple(chosen), (HUB,),
+                     lambda c: _tflite_artifacts(c, chosen), fallback=fallback)
+
+    if context.plan and "dynamic_int8" in precisions:
+        precisions = [p for p in precisions if p != "dynamic_int8"]
+        context.plan.notes.append("dynamic_int8 TFLite not built: dynamic-range quantization cannot keep layers "
+                                  "in float")
+    # Calibrating the full-integer model is where TensorFlow fails most (it has crashed on a BiLSTM): the
+    # float and dynamic-range files are then made without it.
+    rest = [p for p in precisions if p != "int8"]
+    fallback = stage("convert to TFLite without full-integer INT8", rest) if "int8" in precisions and rest else None
+    return [stage("convert to TFLite", precisions, fallback)] if precisions else []
+
+
+def _tflite_artifacts(context: StageContext, precisions: list[str]) -> list[Artifact]:
+    from .isolation import isolated
+    from .stages.tflite import convert_tflite
+    from .stages.tflite_fallback import convert_tflite_int8_with_float_ops
+
+    io_type, planned = context.target.tflite.io_type, "int8" in precisions and bool(context.float_nodes)
+    unplanned = [p for p in precisions if not (planned and p == "int8")]
+    artifacts = []
+    if unplanned:
+        artifacts += isolated("onnx2tf", convert_tflite, context.hub, unplanned, context.calibration, io_type,
+                              context.folder)
+    if planned:
+        artifacts.append(isolated("the TFLite INT8 conversion with float layers", convert_tflite_int8_with_float_ops,
+                                  context.hub, context.float_nodes, context.calibration, io_type, context.folder))
+    return artifacts
+
+
+def _tflite_runner(path: Path, runtime: Runtime, io) -> Runner:
+    from .runners.litert import LiteRTRunner
+
+    return LiteRTRunner(path, runtime.threads, io)
+
+
+def _tflite_capture(path: Path, inputs: dict, io):
+    from .layerwise.capture import capture_tflite
+
+    return capture_tflite(path, inputs, io)
+
+
+FORMATS = {format.name: format for format in (
+    Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
+           tensorrt=True),
+    Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
+           _tflite_capture),
+)}
+
+
+def get(name: str) -> Format:
+    if name not in FORMATS:
+        raise UserError(f"unknown artifact format '{name}': edgekit makes {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def by_suffix(path: Path) -> Format:
+    for format in FORMATS.values():
+        if path.suffix == format.suffix:
+            return format
+    raise UserError(f"{path} is neither a build folder nor an artifact edgekit runs "
+                    f"({', '.join(f.suffix for f in FORMATS.values())})")

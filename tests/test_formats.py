@@ -1,0 +1,76 @@
+"""The format registry's contract: every registered format passes the same conformance checks, and a format
+registered without its entry in CONFORMANCE fails here."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from edgekit import formats, package, targets
+from edgekit.bench import bench_folder
+from edgekit.check import artifact_io
+from edgekit.data import Dataset
+from edgekit.runners import open_runner, run_dataset
+from edgekit.stages import HUB, Artifact, StageContext, validate_order
+
+# The built-in profile whose example build ships each format's artifacts.
+CONFORMANCE = {"onnx": "arm64", "tflite": "arm64"}
+
+
+def test_every_registered_format_has_a_conformance_entry():
+    assert set(CONFORMANCE) == set(formats.FORMATS)
+
+
+@pytest.mark.parametrize("name", sorted(formats.FORMATS))
+def test_profiles_hold_each_formats_settings_under_its_name(name):
+    fmt = formats.get(name)
+    fields = {f.name for f in dataclasses.fields(targets.Target)}
+    assert name in fields, f"the profile has no '{name}' key for the format's settings"
+    for profile in targets.available():
+        listed = getattr(targets.load(profile), name).precisions
+        assert set(listed) <= set(fmt.precisions), (profile, listed)
+
+
+@pytest.mark.parametrize("name", sorted(formats.FORMATS))
+def test_stages_declare_what_they_make_and_need(name, tmp_path):
+    fmt = formats.get(name)
+    target = targets.load(CONFORMANCE[name])
+    calibration = Dataset({"input": np.zeros((4, 1, 32, 32), np.float32)}, None, "zeros")
+    hub = Artifact(tmp_path / "model.fp32.onnx", "onnx", "fp32")
+    context = StageContext(hub, target, calibration, target.quantization, [], None, tmp_path)
+    stages = fmt.stages(context, list(fmt.precisions))
+    validate_order(stages)
+    made = set()
+    for stage in stages:
+        assert stage.format == name and set(stage.makes) <= set(fmt.precisions) and HUB in stage.requires
+        made |= set(stage.makes)
+        if stage.fallback:
+            assert set(stage.fallback.makes) < set(stage.makes)
+    assert made == set(fmt.precisions)
+
+
+@pytest.mark.parametrize("name", sorted(formats.FORMATS))
+def test_built_artifacts_run_in_the_host_runner_the_device_runner_and_the_layer_capture(name, example_build,
+                                                                                       tmp_path):
+    fmt = formats.get(name)
+    folder = example_build / CONFORMANCE[name]
+    manifest = package.read_manifest(folder)
+    entries = [e for e in manifest["artifacts"] if e["format"] == name]
+    profile = targets.load(CONFORMANCE[name])
+    assert sorted(e["file"] for e in entries) == sorted(fmt.file(p) for p in getattr(profile, name).precisions)
+    inputs, _, reference = package.read_parity_data(folder, [s["name"] for s in manifest["model_io"]["inputs"]])
+    inputs = {k: v[:8] for k, v in inputs.items()}
+    for entry in entries:
+        path = folder / entry["file"]
+        assert formats.by_suffix(path) is fmt
+        host = run_dataset(open_runner(path, name, profile.runtime, artifact_io(entry)), inputs)
+        assert {k: v.shape for k, v in host.items()} == {k: v[:8].shape for k, v in reference.items()}
+        capture = fmt.capture(path, inputs, artifact_io(entry))
+        assert len(capture.tensors) >= 10, entry["file"]
+    copy = tmp_path / "build"
+    shutil.copytree(folder, copy)
+    records = bench_folder(copy, profile, "native", 1, 1, 1, 8)
+    on_device = [r for r in records if r["file"] in {e["file"] for e in entries}]
+    assert len(on_device) == len(entries) and all(r["parity"]["passed"] for r in on_device), on_device
