@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .errors import MACHINE_ERRNOS, Terminated, UserError, machine_error
+from .formats import FORMATS
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes some libraries put in their messages
 
@@ -101,13 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     _bench_flags(build)
     build.set_defaults(handler=_build)
 
-    convert = commands.add_parser("convert", help="only the lowering: a model to TFLite files, with parity")
+    convert = commands.add_parser("convert", help="only the lowering: a model to one format's files, with parity")
     _model_and_data_flags(convert)
-    convert.add_argument("--to", choices=["tflite"], required=True)
-    convert.add_argument("--precision", help="comma-separated: fp32, fp16, dynamic_int8, int8 "
+    convert.add_argument("--to", choices=[name for name in FORMATS if name != "onnx"], required=True,
+                         help="the format (the float ONNX is made as the hub, not shipped)")
+    convert.add_argument("--precision", help="comma-separated, e.g. fp32,fp16,dynamic_int8,int8 for tflite "
                          "(default: the target's)")
-    convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose TFLite "
-                         "settings and tolerances apply (default: arm64); the output is OUT/<target>-tflite")
+    convert.add_argument("--target", dest="convert_target", default="arm64", help="profile whose format "
+                         "settings and tolerances apply (default: arm64); the output is OUT/<target>-<format>")
     convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
                          bench=None, require_gpu=None, float_fallback=None, prune=None, prune_method=None,
                          sparsity=None, recover=None, recover_steps=None, max_accuracy_drop=None,
@@ -249,7 +251,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    """A build whose only format is TFLite: the float ONNX is made as the hub but not shipped."""
+    """A build whose only format is `--to`: the float ONNX is made as the hub but not shipped."""
     import dataclasses
 
     from . import recipe as recipes
@@ -257,10 +259,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     recipe = recipes.make(None, _overrides(args))
     target = targets.load(args.convert_target)
-    precisions = [p.strip() for p in args.precision.split(",")] if args.precision else target.tflite.precisions
-    tflite = schema.build(targets.TFLite, {"precisions": precisions, "io_type": target.tflite.io_type},
-                          "--precision")
-    profile = dataclasses.replace(target, name=f"{target.name}-tflite", formats=["tflite"], tflite=tflite)
+    settings = getattr(target, args.to)  # the profile key named after the format
+    precisions = [p.strip() for p in args.precision.split(",")] if args.precision else settings.precisions
+    settings = schema.build(type(settings), {**dataclasses.asdict(settings), "precisions": precisions}, "--precision")
+    profile = dataclasses.replace(target, name=f"{target.name}-{args.to}", formats=[args.to], **{args.to: settings})
     return _run_build(recipe, args, [profile])
 
 

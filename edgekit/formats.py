@@ -29,6 +29,12 @@ class Format:
     runner: Callable[[Path, Runtime, Any], Runner]  # the host runner, fed through the artifact's recorded io
     capture: Callable[[Path, dict, Any], Any]  # every intermediate tensor, for per-layer divergence
     tensorrt: bool = False  # GPU targets get a trtexec command for its artifacts
+    # Per-layer mapping: a format whose tensors keep the hub graph's names maps by name; any other is matched
+    # by value through its own fp32 file, and its other files are aligned to that one op by op, with these
+    # bookkeeping ops set aside and these hub operators counted as fused into their producer.
+    hub_names: bool = False
+    bookkeeping_ops: tuple[str, ...] = ()
+    fused_ops: tuple[str, ...] = ()
 
     def file(self, precision: str) -> str:
         return f"model.{precision}{self.suffix}"
@@ -114,9 +120,9 @@ def _tflite_capture(path: Path, inputs: dict, io):
 
 FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
-           tensorrt=True),
+           tensorrt=True, hub_names=True),
     Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
-           _tflite_capture),
+           _tflite_capture, bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu")),
 )}
 
 

@@ -42,12 +42,13 @@ def make_plan(request: str | list[str], source: SourceModel, fp32: Artifact, sch
     if request == "auto":
         from .layerwise import Budget, Evaluator, plan_float_fallback
         from .layerwise.fallback import plan_cost
+        from .stages.quantize import quantize_int8
 
         # Scored on a few calibration samples: the held-out data stays untouched for the parity gate.
         budget = Budget(min_snr_db=tolerance.min_snr_db or DEFAULT_MIN_SNR_DB,
                         max_accuracy_drop=tolerance.max_accuracy_drop,
                         min_top1_agreement=tolerance.min_top1_agreement)
-        evaluator = Evaluator(fp32, scheme, calibration, calibration)
+        evaluator = Evaluator(fp32, scheme, calibration, calibration, quantize_int8)
         plan = plan_float_fallback(evaluator, budget)
         search = {**plan.to_dict(), "cost": plan_cost(evaluator, plan.float_nodes) if plan.float_nodes else None}
         search.pop("float_nodes")

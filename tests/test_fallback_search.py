@@ -60,7 +60,8 @@ def planted(tmp_path_factory):
 
 
 def test_no_node_float_is_the_int8_model_and_every_node_float_the_float_model(planted):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"],
+                          quantize_int8)
     x = evaluator.evaluation.inputs
     int8 = quantize_int8(planted["fp32"], Quantization(), planted["calibration"], [], planted["folder"])
     assert np.array_equal(run(evaluator.candidate([]), x)["output"], run(int8, x)["output"])
@@ -69,7 +70,8 @@ def test_no_node_float_is_the_int8_model_and_every_node_float_the_float_model(pl
 
 
 def test_a_candidate_is_what_the_quantizer_makes_with_those_nodes_excluded(planted, tmp_path):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"],
+                          quantize_int8)
     x = evaluator.evaluation.inputs
     rng = np.random.default_rng(0)
     for nodes in [sorted(planted_path(planted["fp32"])),
@@ -80,7 +82,8 @@ def test_a_candidate_is_what_the_quantizer_makes_with_those_nodes_excluded(plant
 
 
 def test_ranking_puts_the_planted_tensors_first(planted):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"],
+                          quantize_int8)
     ranking = layer_sensitivity(evaluator)
     assert {s.tensor for s in ranking[:3]} == SCALED
     assert all(s.snr_db < 3 for s in ranking[:3]) and ranking[3].snr_db > 10
@@ -103,13 +106,14 @@ def test_auto_plan_brings_int8_back_to_fp32_accuracy_in_few_evaluations(planted)
 
 
 def test_budget_met_by_full_int8_takes_one_evaluation(planted):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"],
+                          quantize_int8)
     plan = plan_float_fallback(evaluator, Budget(min_snr_db=0.0))
     assert plan.met and plan.float_nodes == [] and plan.evaluations == 1 and plan.note is None
 
 
 def test_a_budget_nothing_meets_keeps_no_node_float_and_says_so(planted):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["test"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["test"], quantize_int8)
     plan = plan_float_fallback(evaluator, Budget(max_accuracy_drop=-1.0))  # better than float: impossible
     assert not plan.met and plan.float_nodes == [] and plan.evaluations == 2
     assert plan.note.startswith("no plan meets the budget: with all 27 quantized nodes float")
@@ -117,7 +121,8 @@ def test_a_budget_nothing_meets_keeps_no_node_float_and_says_so(planted):
 
 
 def test_pruning_stops_at_the_evaluation_cap(planted):
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["calibration"],
+                          quantize_int8)
     budget = Budget(min_snr_db=15.0)
     capped = plan_float_fallback(evaluator, budget, max_evaluations=4)  # the bisection alone takes more
     assert capped.met and capped.score.snr_db >= 15 and "pruning stopped at the cap of 4 evaluations" in capped.note
@@ -130,7 +135,7 @@ def test_the_score_is_the_worst_of_several_outputs(tmp_path):
     source = load(f"{TESTS / 'models.py'}:two_heads", None, [1, 3, 16, 16])
     fp32 = export_onnx(source, 18, tmp_path)
     data = Dataset({"input": np.random.default_rng(0).normal(size=(40, 3, 16, 16)).astype(np.float32)}, None, "random")
-    evaluator = Evaluator(fp32, Quantization(), data, data)
+    evaluator = Evaluator(fp32, Quantization(), data, data, quantize_int8)
     assert len(evaluator.evaluation) == 40 and len(evaluator.reference) == 2
     int8 = run(quantize_int8(fp32, Quantization(), data, [], tmp_path), evaluator.evaluation.inputs)
     per_output = [output_metrics(evaluator.reference[name], int8[name])["snr_db"] for name in evaluator.reference]
@@ -151,7 +156,7 @@ def test_an_opset_11_model(planted, tmp_path):
         torch.onnx.export(planted_digits(), (torch.zeros(1, 1, 32, 32),), str(path), dynamo=False, opset_version=11,
                           input_names=["input"], output_names=["output"])
     evaluator = Evaluator(Artifact(path, "onnx", "fp32"), Quantization(), planted["calibration"],
-                          planted["calibration"])
+                          planted["calibration"], quantize_int8)
     assert [o.version for o in evaluator.qdq.opset_import if o.domain in ("", "ai.onnx")] == [11]
     everything = run(evaluator.candidate(evaluator.candidates), evaluator.evaluation.inputs)["output"]
     np.testing.assert_allclose(everything, evaluator.reference["output"], rtol=0, atol=1e-5)

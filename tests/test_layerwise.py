@@ -173,7 +173,8 @@ def test_planted_layer_is_the_first_divergence_in_onnx_int8(planted):
 def test_fallback_plan_keeps_only_the_planted_path_in_float(planted):
     import onnx
 
-    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["evaluation"])
+    evaluator = Evaluator(planted["fp32"], Quantization(), planted["calibration"], planted["evaluation"],
+                          quantize_int8)
     plan = plan_float_fallback(evaluator, Budget(min_snr_db=15.0, max_accuracy_drop=1.0))
     assert plan.float_model.accuracy > 99
     assert plan.full_int8.accuracy < plan.float_model.accuracy - 5  # full INT8 collapses

@@ -1,7 +1,8 @@
 """Per-layer divergence across PyTorch, ONNX and TFLite, and float fallback for INT8.
 
 capture (every intermediate tensor) -> mapping (which tensor is which across formats) -> compare
-(per-layer metrics, first divergence); fallback (the fewest float nodes for a budget, bounded search).
+(per-layer metrics, first divergence); fallback (the fewest float nodes for a budget, bounded search);
+placement (which TFLite ops compute those nodes, for the TFLite float fallback).
 """
 from .capture import Capture, capture_onnx, capture_tflite, capture_torch
 from .compare import LayerRow, compare_layers, compose, first_divergence, largest_drop

@@ -182,15 +182,10 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
     differently in float and integer models. Runs the built-in kernels (no XNNPACK delegate): a
     delegate keeps no intermediate tensors.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     from ..device import runner as adapter
-    from ..runners.litert import silenced
+    from ..runners.litert import builtin_interpreter, ops_details
 
-    with silenced():
-        interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interpreter.allocate_tensors()
+    interpreter = builtin_interpreter(path, preserve_all_tensors=True)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
     in_entries = [s.to_dict() for s in io[0]] if io else adapter.own_entries(ins)
@@ -200,7 +195,7 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
     names = {d["index"]: e["name"] for d, e in zip(in_details, in_entries)}
     names.update({index: e["name"] for index, e in output_entries.items()})
     order, kinds = [d["index"] for d in in_details], {d["index"]: "input" for d in in_details}
-    for op in interpreter._get_ops_details():  # the only listing of ops and their tensors
+    for op in ops_details(interpreter):
         for index in op["outputs"]:
             if index >= 0 and index not in kinds:
                 order.append(index)

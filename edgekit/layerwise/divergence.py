@@ -14,13 +14,13 @@ import numpy as np
 from .. import package
 from ..errors import UserError
 from ..check import artifact_io
-from .capture import Capture, capture_onnx, capture_tflite, capture_torch
+from ..formats import FORMATS, get
+from .capture import Capture, capture_onnx, capture_torch
 from .compare import compare_layers, compose, first_divergence, largest_drop
 from .mapping import map_torch_onnx, match_by_value, node_coverage
 
-FLOAT_ONNX, FLOAT_TFLITE = "model.fp32.onnx", "model.fp32.tflite"
+FLOAT_ONNX = FORMATS["onnx"].file("fp32")  # the hub every format's layers are mapped through
 DEFAULT_THRESHOLD_DB = 15.0
-SKIPPED_TFLITE_OPS = ("input", "QUANTIZE", "DEQUANTIZE")
 
 
 def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: dict[str, np.ndarray],
@@ -42,24 +42,29 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
     else:
         reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
     entries = {entry["file"]: entry for entry in manifest["artifacts"]}
-    float_tflite = None
-    if FLOAT_TFLITE in entries and package.inside(folder, FLOAT_TFLITE, FLOAT_TFLITE).is_file():
-        float_tflite = capture_tflite(folder / FLOAT_TFLITE, inputs, artifact_io(entries[FLOAT_TFLITE]))
-        onnx_to_tflite = match_by_value(onnx_capture, float_tflite).pairs
-        coverage["onnx_nodes_to_tflite_tensors"] = node_coverage(graph, set(onnx_to_tflite), fusable=("Clip", "Relu"))
+    through_float = {}  # format -> (its fp32 capture, hub tensor -> its tensor), for formats matched by value
+    for fmt in FORMATS.values():
+        floats = fmt.file("fp32")
+        if not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
+            capture = fmt.capture(folder / floats, inputs, artifact_io(entries[floats]))
+            pairs = match_by_value(onnx_capture, capture).pairs
+            through_float[fmt.name] = capture, pairs
+            coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
     threshold = _threshold(manifest)
     results = {}
     for entry in manifest["artifacts"]:
         if only not in (None, entry["file"]) or (reference == "onnx" and entry["file"] == FLOAT_ONNX):
             continue
+        fmt = get(entry["format"])
         path = package.inside(folder, entry["file"], "artifacts[].file")
-        if entry["format"] == "onnx":
-            candidate, mapping = capture_onnx(path, inputs), to_onnx
-        elif float_tflite is not None:
-            candidate = capture_tflite(path, inputs, artifact_io(entry))
-            mapping = compose(compose(to_onnx, onnx_to_tflite), align_tflite(float_tflite, candidate))
+        if fmt.hub_names:
+            candidate, mapping = fmt.capture(path, inputs, artifact_io(entry)), to_onnx
+        elif fmt.name in through_float:
+            floats, pairs = through_float[fmt.name]
+            candidate = fmt.capture(path, inputs, artifact_io(entry))
+            mapping = compose(compose(to_onnx, pairs), align_lowerings(floats, candidate, fmt.bookkeeping_ops))
         else:
-            continue  # a TFLite artifact without the float TFLite to map it through
+            continue  # an artifact without its format's fp32 file to map it through
         rows = compare_layers(reference_capture, candidate, mapping)
         first, drop = first_divergence(rows, threshold), largest_drop(rows)
         results[entry["file"]] = {"rows": [r.to_dict() for r in rows],
@@ -69,12 +74,12 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
             "coverage": coverage, "artifacts": results}
 
 
-def align_tflite(reference: Capture, candidate: Capture) -> dict[str, str]:
-    """Tensors of two .tflite files lowered from the same graph (float and integer): same op sequence
-    once (de)quantize ops are set aside, so they pair by position; else by their stable names."""
+def align_lowerings(reference: Capture, candidate: Capture, bookkeeping: tuple[str, ...]) -> dict[str, str]:
+    """Tensors of two files of one format lowered from the same graph (float and integer): same op sequence
+    once bookkeeping ops ((de)quantize) are set aside, so they pair by position; else by their stable names."""
     def ops(capture: Capture) -> list[tuple[str, str]]:
         return [(name, kind) for name, kind in capture.kinds.items()
-                if kind not in SKIPPED_TFLITE_OPS and name in capture.tensors]
+                if kind not in bookkeeping and name in capture.tensors]
 
     ours, theirs = ops(reference), ops(candidate)
     if [kind for _, kind in ours] == [kind for _, kind in theirs]:

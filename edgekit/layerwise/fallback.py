@@ -1,10 +1,11 @@
 """The fewest ONNX nodes to keep in float for INT8 to meet a budget, found in a bounded search.
 
-The model is calibrated and quantized once (edgekit's `quantize_int8`, ORT QDQ). A candidate "these
-nodes stay float" is cut from that QDQ graph instead of quantizing again. ORT quantizes a tensor when
-its producer or any consumer is quantized, and then every consumer reads the dequantized value, so a
-candidate drops a tensor's Q/DQ only when all of those nodes stay float (keeping one tensor float can
-take several nodes). Candidates run with ORT's fused integer kernels on a few samples.
+The model is calibrated and quantized once, by the quantizer the caller passes (edgekit's
+`stages.quantize.quantize_int8`, ORT QDQ). A candidate "these nodes stay float" is cut from that QDQ
+graph instead of quantizing again. ORT quantizes a tensor when its producer or any consumer is
+quantized, and then every consumer reads the dequantized value, so a candidate drops a tensor's Q/DQ
+only when all of those nodes stay float (keeping one tensor float can take several nodes). Candidates
+run with ORT's fused integer kernels on a few samples.
 
 The search ranks the quantized tensors by the noise their own quantization adds (one float run),
 bisects over how many of the noisiest go back to float (with the nodes that quantize them), then
@@ -17,15 +18,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from .. import output_kinds
+from ..artifact import Artifact
 from ..data import Dataset
 from ..graph_stats import graph_stats
-from .. import output_kinds
 from ..parity import accuracy, classifier_output, output_metrics
-from ..stages import Artifact
-from ..stages.quantize import quantize_int8
 from ..targets import Quantization
 
 # Candidates are scored on as many calibration samples as fit SCORE_MACS multiply-accumulates, within
@@ -34,6 +35,8 @@ MIN_EVAL_SAMPLES, MAX_EVAL_SAMPLES, SCORE_MACS = 32, 128, 5 * 10**9
 RANK_SAMPLES = 8  # samples of the float run that measures each tensor's quantization noise
 MAX_EVALUATIONS = 40  # the pruning pass stops here
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # ORT's QDQ quantizer removes these when the Q after them clips alike
+# (float model, scheme, calibration, ONNX nodes to keep float, folder) -> its INT8 QDQ model: quantize_int8's shape
+Quantizer = Callable[[Artifact, Quantization, Dataset, list[str], Path], Artifact]
 
 
 @dataclass
@@ -109,17 +112,17 @@ class FallbackPlan:
 
 
 class Evaluator:
-    """The float model and its INT8 QDQ graph, calibrated once; scores "these nodes stay float" on at
-    most `samples` samples of `evaluation`."""
+    """The float model and its INT8 QDQ graph made by `quantize` (edgekit.stages.quantize.quantize_int8),
+    calibrated once; scores "these nodes stay float" on at most `samples` samples of `evaluation`."""
 
     def __init__(self, fp32: Artifact, scheme: Quantization, calibration: Dataset, evaluation: Dataset,
-                 samples: int | None = None):
+                 quantize: Quantizer, samples: int | None = None):
         import onnx
 
         start = time.perf_counter()
         self.model = onnx.load(str(fp32.path))
         with tempfile.TemporaryDirectory(prefix="edgekit-fallback-") as scratch:
-            int8 = quantize_int8(fp32, scheme, calibration, [], Path(scratch))
+            int8 = quantize(fp32, scheme, calibration, [], Path(scratch))
             self.qdq = onnx.load(str(int8.path))
         excluded = set(int8.metadata["float_nodes"])  # the scheme's own exclusions
         quantized = [n for n in quantized_nodes(self.qdq, _quantized_op_types(scheme)) if n not in excluded]

@@ -62,11 +62,33 @@ class LiteRTRunner(Runner):
     def delegate(self) -> str:
         """'XNNPACK' when the default delegate took over part of the graph (it shows as DELEGATE nodes)."""
         try:
-            ops = self.interpreter._get_ops_details()  # no public API tells which delegate ran
+            ops = ops_details(self.interpreter)  # no public API tells which delegate ran
         except AttributeError:
             return "unknown"
         delegated = sum(op["op_name"] == "DELEGATE" for op in ops)
         return f"XNNPACK ({delegated} partition{'s' * (delegated != 1)})" if delegated else "none (built-in kernels)"
+
+
+def ops_details(interpreter) -> list[dict[str, Any]]:
+    """Every op of the graph in execution order, each a dict with at least op_name, index, inputs and outputs
+    (tensor indices, -1 for an absent optional input).
+
+    LiteRT's only listing of ops is private (`Interpreter._get_ops_details`); every edgekit module reads it
+    here, and tests/test_library_contracts.py fails, naming the LiteRT version, if its fields change.
+    """
+    return interpreter._get_ops_details()
+
+
+def builtin_interpreter(path: Path, preserve_all_tensors: bool = False):
+    """A LiteRT interpreter for `path` on its built-in kernels, allocated: no XNNPACK delegate, which would
+    hide the ops it takes over (and their intermediate tensors) behind one DELEGATE node."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with silenced():
+        interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve_all_tensors,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+    return interpreter
 
 
 def bind_io(path: Path, reference: IO, probe: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> IO:

@@ -48,14 +48,39 @@ def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, 
         raise UserError(f"TFLite precisions must be among {', '.join(OUTPUTS)} (got {', '.join(precisions)}) "
                         f"and the integer I/O type one of {', '.join(IO_TYPES)} (got {io_type})")
     model = onnx.load(str(fp32.path))
-    _check_operators(model)
+    check_operators(model)
+    with onnx2tf_scratch(workdir) as (scratch, log):
+        return _convert(fp32, model, precisions, calibration, io_type, workdir, scratch, log)
+
+
+@contextlib.contextmanager
+def onnx2tf_scratch(workdir: Path) -> Iterator[tuple[Path, Path]]:
+    """A new folder inside `workdir` for onnx2tf and the TFLite converter to work in (see `inside`), and the
+    log in it that takes everything they print; the folder is removed afterwards."""
     scratch = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=workdir)).resolve()
     log = scratch / "onnx2tf.log"
     try:
         with silenced(log):
-            return _convert(fp32, model, precisions, calibration, io_type, workdir, scratch, log)
+            yield scratch, log
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Run with `folder` as working directory and temporary directory, so nothing lands elsewhere."""
+    cwd, tmp_env, tmp_cached = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir
+    os.chdir(folder)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        tempfile.tempdir = tmp_cached
+        if tmp_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = tmp_env
 
 
 def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log: Path, **options) -> list[list]:
@@ -69,7 +94,7 @@ def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log:
     pseudo = sorted({PSEUDO_OPS[node.op_type] for node in model.graph.node if node.op_type in PSEUDO_OPS})
     if pseudo:
         options["replace_to_pseudo_operators"] = pseudo
-    with _inside(scratch), warnings.catch_warnings():
+    with inside(scratch), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx2tf's own use of the deprecated tf.lite.Interpreter
         # Imports TensorFlow, which logs on stderr and probes the temporary directory while importing.
         import onnx2tf
@@ -98,10 +123,10 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
         suffix, kind = OUTPUTS[precision]
         produced = scratch / "out" / f"model_{suffix}.tflite"
         if not produced.is_file():
-            raise UserError(f"onnx2tf made no {precision} TFLite model: {_tail(log)}")
+            raise UserError(f"onnx2tf made no {precision} TFLite model: {log_tail(log)}")
         path = workdir / f"model.{precision}.tflite"
         shutil.move(produced, path)
-        details = {"made_by": made_by, "scheme": _scheme(precision, io_type, calibration)}
+        details = {"made_by": made_by, "scheme": describe_scheme(precision, io_type, calibration)}
         if remedy:
             details["lowering_remedy"] = remedy
         artifacts.append(Artifact(path, "tflite", kind, details, reference.bind(path)))
@@ -155,7 +180,7 @@ class ReferenceIO:
             raise UserError(f"{path.name} does not load in LiteRT: {detail[:300]}") from None
 
 
-def _check_operators(model) -> None:
+def check_operators(model) -> None:
     """Fail before converting when onnx2tf has no lowering for an operator (it has one module per op)."""
     spec = importlib.util.find_spec("onnx2tf")  # locates the package without importing TensorFlow
     if spec is None:
@@ -192,7 +217,8 @@ def _sample_images(nchw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(picked[:, :, rows][:, :, :, cols].transpose(0, 2, 3, 1), dtype=np.float32)
 
 
-def _scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any]:
+def describe_scheme(precision: str, io_type: str, calibration: Dataset) -> dict[str, Any]:
+    """How a TFLite artifact of `precision` is quantized, as the manifest records it."""
     if precision == "int8":
         return {"mode": "full_integer", "weights": "int8 per-channel", "activations": "int8",
                 "io_type": io_type, "calibration_samples": len(calibration)}
@@ -206,30 +232,13 @@ def _conversion_error(err: BaseException, log: Path, model) -> UserError:
     node = getattr(err, "onnx_op_name", None)
     op_type = next((n.op_type for n in model.graph.node if n.name == node), None)
     where = f" operator {op_type} (node '{node}')" if op_type else f" node '{node}'" if node else " the model"
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else f"{type(err).__name__}; log: {_tail(log)}"
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else f"{type(err).__name__}; log: {log_tail(log)}"
     advice = UNSUPPORTED_ADVICE if node else "Pass --keep-going to ship the ONNX artifacts without TFLite"
     return UserError(f"onnx2tf could not lower{where} to TFLite: {detail}. {advice}")
 
 
-def _tail(log: Path) -> str:
+def log_tail(log: Path) -> str:
     """The log's last error line (TensorFlow's own), else its last line."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "failed" in line]
     return (errors or lines or ["(empty log)"])[-1][:300]
-
-
-@contextlib.contextmanager
-def _inside(folder: Path) -> Iterator[None]:
-    """Run with `folder` as working directory and temporary directory, so nothing lands elsewhere."""
-    cwd, tmp_env, tmp_cached = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir
-    os.chdir(folder)
-    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
-        tempfile.tempdir = tmp_cached
-        if tmp_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = tmp_env
