@@ -175,6 +175,8 @@ def _model_and_data_flags(command: argparse.ArgumentParser) -> None:
                          "of images per class); default: the last 20%% of --calib")
     command.add_argument("--keep-going", action="store_true", default=None,
                          help="package artifacts even when they fail parity or a conversion fails")
+    command.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                         help="make every stage afresh instead of reusing the stage cache's results")
     command.add_argument("--json", action="store_true", help="print the manifests as JSON on stdout")
     command.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -217,7 +219,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     targets = [t.strip() for value in args.target or [] for t in value.split(",") if t.strip()]
     given = {"model": args.model, "weights": args.weights, "targets": targets or None, "out": args.out,
              "input_shape": args.input_shape, "quantize": args.quantize, "eval": args.eval,
-             "keep_going": args.keep_going, "require_gpu": args.require_gpu,
+             "keep_going": args.keep_going, "require_gpu": args.require_gpu, "cache": args.cache,
              "float_fallback": _fallback(args.float_fallback)}
     prune = {"ratio": args.prune, "method": args.prune_method, "sparsity": args.sparsity,
              "recover": None if args.recover is None else [r.strip() for r in args.recover.split(",")
@@ -295,6 +297,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         if gpu:
             print("verified on: " + "; ".join(sorted({a["verified_on"] for a in manifest["artifacts"]})),
                   file=sys.stderr)
+        if result.cached:
+            print(f"from the stage cache: {'; '.join(result.cached)}", file=sys.stderr)
         if result.archive:
             print(f"archive: {result.archive}", file=sys.stderr)
         if result.digest:

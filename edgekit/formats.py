@@ -49,12 +49,14 @@ def _onnx_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
     stages = {
         "fp32": Stage("ship the float ONNX", 1, "onnx", ("fp32",), (HUB,), lambda c: [c.hub]),
         "fp16": Stage("convert to float16", 1, "onnx", ("fp16",), (HUB,),
-                      lambda c: [convert_fp16(c.hub, c.target.float16, c.folder)]),
+                      lambda c: [convert_fp16(c.hub, c.target.float16, c.folder)],
+                      settings=lambda c: c.target.float16),
         "int8": Stage(f"quantize INT8 ({scheme.calibration} calibration, {len(calibration)} samples)", 1, "onnx",
                       ("int8",), (HUB,),
                       lambda c: [quantize_int8(c.hub, c.scheme, c.calibration, c.excluded_nodes + c.float_nodes,
                                                c.folder)],
-                      check=lambda c: check_excluded_nodes(c.hub, c.scheme, c.excluded_nodes)),
+                      check=lambda c: check_excluded_nodes(c.hub, c.scheme, c.excluded_nodes),
+                      settings=lambda c: (c.scheme, c.excluded_nodes + c.float_nodes)),
     }
     return [stages[p] for p in precisions]
 
@@ -76,7 +78,8 @@ def _onnx_capture(path: Path, inputs: dict, io):
 def _tflite_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
     def stage(name: str, chosen: list[str], fallback: Stage | None = None) -> Stage:
         return Stage(f"{name} ({', '.join(chosen)})", 1, "tflite", tuple(chosen), (HUB,),
-                     lambda c: _tflite_artifacts(c, chosen), fallback=fallback)
+                     lambda c: _tflite_artifacts(c, chosen), fallback=fallback,
+                     settings=lambda c: (c.target.tflite.io_type, c.float_nodes))
 
     if context.plan and "dynamic_int8" in precisions:
         precisions = [p for p in precisions if p != "dynamic_int8"]

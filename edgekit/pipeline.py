@@ -1,9 +1,12 @@
 """`edgekit build`: load, export, quantize, verify and package, one folder per target."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,9 @@ from .precision_plan import PrecisionPlan, make_plan
 from .recipe import Recipe
 from .report import Progress
 from .runners import run_dataset
-from .sources import SourceModel
+from .sources import SourceModel, sha256_file
 from .spec import TensorSpec
+from .cache import StageCache, dataset_hash, default_root
 from .stages import Artifact, Stage, StageContext, validate_order
 from .stages.export_onnx import export_onnx
 from .targets import Target
@@ -43,7 +47,10 @@ class BuildInputs:
     data: BuildData
     reference: dict[str, np.ndarray]  # the source model's outputs on the held-out inputs
     reference_engine: dict[str, Any]
-    pruning: dict[str, Any] | None = None  # the prune stage's report; the pruned model is the reference
+    pruning: dict[str, Any] | None  # the prune stage's report; the pruned model is the reference
+    scratch: Path  # where the float ONNX hubs are exported
+    cache: StageCache
+    hubs: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # per opset, shared by its targets
 
     @property
     def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -60,6 +67,7 @@ class TargetResult:
     folder: Path | None  # None when the build failed parity and was not packaged
     archive: Path | None
     digest: str | None  # package.release_digest of the published folder, for `edgekit check --expect`
+    cached: list[str] = dataclasses.field(default_factory=list)  # stages whose artifacts came from the cache
     benchmarks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -107,25 +115,34 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
             source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
         reference, engine = _reference_outputs(source, data)
-    shared = BuildInputs(recipe, source, data, reference, engine, pruning)
     package.create_folder(out)
     results = []
-    for target in profiles:
-        package.remove_stale_staging(out, target.name)
-        try:
-            with package.staging(out, target.name) as folder:
-                digest = _build_target(shared, target, folder, progress)
-                benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
-                manifest = package.read_manifest(folder)
-                write_report(folder, manifest)
-                if not all_passed(manifest) and not recipe.keep_going:
-                    raise ParityFailed(manifest)
-            published = out / target.name
-            results.append(TargetResult(target.name, manifest, published, out / f"{target.name}.tar.gz", digest,
-                                        benchmarks))
-        except ParityFailed as failure:
-            results.append(TargetResult(target.name, failure.manifest, None, None, None))
+    hubs = tempfile.TemporaryDirectory(prefix="edgekit-hub-")
+    cache = StageCache(default_root() if recipe.cache else None)
+    shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache)
+    with hubs:
+        for target in profiles:
+            results.append(_publish(shared, target, out, progress))
     return results
+
+
+def _publish(shared: BuildInputs, target: Target, out: Path, progress: Progress) -> TargetResult:
+    """Build one target in staging and publish it, or, when it fails parity, publish nothing."""
+    recipe = shared.recipe
+    package.remove_stale_staging(out, target.name)
+    try:
+        with package.staging(out, target.name) as folder:
+            digest, cached = _build_target(shared, target, folder, progress)
+            benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
+            manifest = package.read_manifest(folder)
+            write_report(folder, manifest)
+            if not all_passed(manifest) and not recipe.keep_going:
+                raise ParityFailed(manifest)
+    except ParityFailed as failure:
+        return TargetResult(target.name, failure.manifest, None, None, None)
+    return TargetResult(target.name, manifest, out / target.name, out / f"{target.name}.tar.gz", digest, cached,
+                        benchmarks)
+
 
 
 def _bench(request, target: Target, folder: Path, progress: Progress) -> list[dict[str, Any]]:
@@ -190,14 +207,13 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
 
 def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> tuple[list[Artifact], list[dict[str, str]], PrecisionPlan | None,
-                                         dict[str, OutputKind]]:
-    """The target's artifacts, the conversions that failed (a format that cannot be made does not stop the
-    others; its failure is reported and fails the build), the precision plan and the kind of each output."""
+                    label: str) -> tuple[list[Artifact], StageRunner, PrecisionPlan | None, dict[str, OutputKind]]:
+    """The target's artifacts, the runner that made them (the conversions that failed: a format that cannot be
+    made does not stop the others, its failure is reported and fails the build; the stages that came from the
+    cache), the precision plan and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
     chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize) for name in target.formats}
-    with progress.step(f"{label} export ONNX (opset {target.opset}) and simplify"):
-        hub = export_onnx(shared.source, target.opset, folder)  # shipped or not, every artifact is made from it
+    hub = _hub(shared, target.opset, folder, progress, label)  # shipped or not, every artifact is made from it
     kinds = {name: OutputKind.from_dict(data) for name, data in hub.metadata["output_kinds"].items()}
     scheme = target.quantization
     if recipe.calibration.method:
@@ -219,24 +235,58 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
         # A plan changes what some formats can make (dynamic-range TFLite cannot keep layers float).
         stages = [stage for name, precisions in chosen.items()
                   for stage in formats.get(name).stages(context, precisions)]
-    artifacts, failures = [], []
-    for stage in stages:
-        artifacts += _run_stage(stage, context, failures, progress, label)
+    runner = StageRunner(context, shared.cache, (package.versions(), sha256_file(hub.path),
+                                                 dataset_hash(calibration)), progress, label)
+    artifacts = [artifact for stage in stages for artifact in runner.run(stage)]
     if hub not in artifacts:
         hub.path.unlink()
-    return artifacts, failures, context.plan, kinds
+    return artifacts, runner, context.plan, kinds
 
 
-def _run_stage(stage: Stage, context: StageContext, failures: list[dict[str, str]], progress: Progress,
-               label: str) -> list[Artifact]:
-    """The one failure policy: a stage that cannot make its artifacts is recorded as a failure (which fails
-    the build) and its fallback, if it has one, is tried; the other stages go on."""
-    try:
-        with progress.step(f"{label} {stage.name}"):
-            return stage.ensure(stage.run(context))
-    except UserError as err:
-        failures.append({"stage": stage.name, "format": stage.format, "error": str(err)})
-    return _run_stage(stage.fallback, context, failures, progress, label) if stage.fallback else []
+def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, label: str) -> Artifact:
+    """The float ONNX at `opset` in `folder`: exported once per build and copied for each target."""
+    if opset not in shared.hubs:
+        workdir = shared.scratch / f"opset{opset}"
+        workdir.mkdir()
+        with progress.step(f"{label} export ONNX (opset {opset}) and simplify"):
+            shared.hubs[opset] = export_onnx(shared.source, opset, workdir)
+    exported = shared.hubs[opset]
+    shutil.copyfile(exported.path, folder / exported.path.name)
+    return dataclasses.replace(exported, path=folder / exported.path.name, metadata=copy.deepcopy(exported.metadata))
+
+
+@dataclass
+class StageRunner:
+    """Runs a target's stages through the stage cache, under the one failure policy: a stage that cannot make
+    its artifacts is recorded as a failure (which fails the build) and its fallback, if it has one, is tried;
+    the other stages go on."""
+    context: StageContext
+    cache: StageCache
+    common: tuple  # what every stage's artifacts depend on: library versions, the hub's bytes, calibration data
+    progress: Progress
+    label: str
+    failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    cached: list[str] = dataclasses.field(default_factory=list)
+
+    def run(self, stage: Stage) -> list[Artifact]:
+        try:
+            with self.progress.step(f"{self.label} {stage.name}"):
+                return stage.ensure(self._made(stage))
+        except UserError as err:
+            self.failures.append({"stage": stage.name, "format": stage.format, "error": str(err)})
+        return self.run(stage.fallback) if stage.fallback else []
+
+    def _made(self, stage: Stage) -> list[Artifact]:
+        if stage.settings is None:
+            return stage.run(self.context)
+        key = self.cache.key(*self.common, stage.format, stage.makes, stage.version, stage.settings(self.context))
+        made = self.cache.load(key, self.context.folder)
+        if made is None:
+            made = stage.run(self.context)
+            self.cache.store(key, made)
+        else:
+            self.cached.append(stage.name)
+        return made
 
 
 def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
@@ -246,14 +296,16 @@ def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
     return ["fp32"] + ([quantize] if quantize != "none" else [])
 
 
-def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> str:
-    """Make, verify and record the target's artifacts in `folder`; the release digest."""
+def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> tuple[str, list[str]]:
+    """Make, verify and record the target's artifacts in `folder`; the release digest and the stages that came
+    from the cache."""
     label = f"[{target.name}]"
     timings = Progress(progress.quiet)
     gpu = gpu_status(target)
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
-    artifacts, failures, plan, kinds = _make_artifacts(shared, target, folder, timings, label)
+    artifacts, runner, plan, kinds = _make_artifacts(shared, target, folder, timings, label)
+    failures = runner.failures
     evaluation = shared.data.evaluation
     records = []
     for artifact in artifacts:
@@ -268,9 +320,10 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     package.write_json(folder / package.MANIFEST, manifest)
     digest = package.release_digest(folder, package.read_manifest(folder))  # bench's numbers are not part of it
     package.write_json(folder / "report.json", {"target": target.name, "release_digest": digest,
+                                                "cached_stages": runner.cached,
                                                 "timings_s": timings.timings, "peak_rss_mb": peak_rss_mb(),
                                                 "artifacts": records, "failures": failures})
-    return digest
+    return digest, runner.cached
 
 
 def peak_rss_mb() -> dict[str, float]:

@@ -69,6 +69,7 @@ class Recipe:
     # a list of PyTorch module paths / ONNX node names.
     float_fallback: str | list[str] | None = None
     prune: PruneConfig | None = None  # channel pruning / sparsity with recovery, before export
+    cache: bool = True  # reuse stage results from the stage cache (edgekit.cache) when nothing they read changed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

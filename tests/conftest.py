@@ -129,3 +129,10 @@ def one_line_error(capsys_or_text, code: int, expected_code: int = 2, *words: st
     for word in words:
         assert word in message, message
     return message
+
+
+@pytest.fixture(autouse=True)
+def no_stage_cache(monkeypatch):
+    """Every test makes its stages afresh (several patch a stage's code); tests/test_stage_cache.py turns the
+    cache on in a folder of its own."""
+    monkeypatch.setenv("EDGEKIT_STAGE_CACHE", "off")

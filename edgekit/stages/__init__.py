@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..artifact import Artifact
 from ..errors import UserError
@@ -49,6 +49,9 @@ class Stage:
     run: Callable[[StageContext], list[Artifact]]
     check: Callable[[StageContext], None] | None = None  # settings problems, raised before any stage runs
     fallback: Stage | None = None  # a smaller stage tried when this one fails
+    # The settings its artifacts depend on besides the hub and the calibration data (its cache key);
+    # None: not worth caching.
+    settings: Callable[[StageContext], Any] | None = None
 
     def ensure(self, made: list[Artifact]) -> list[Artifact]:
         """What the stage returned is what it declared, on disk."""

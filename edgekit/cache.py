@@ -1,0 +1,108 @@
+"""The stage cache: a stage's artifacts stored under a hash of everything they are made from.
+
+The key is the stage's format, precisions and version, the library versions, the bytes of the float ONNX
+hub it reads, the calibration data and the settings the stage declares it depends on. Parity and the gate
+are never cached. An entry is written in a temporary folder and renamed into place, so builds sharing a
+cache never see half an entry; the oldest entries go when the cache grows past its cap.
+
+Where: $EDGEKIT_STAGE_CACHE (a folder, or "off"), else ~/.cache/edgekit/stages; cap: $EDGEKIT_CACHE_MB
+(default 2048).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import Artifact
+from .data import Dataset
+from .spec import TensorSpec
+
+ENTRY = "entry.json"
+
+
+def default_root() -> Path | None:
+    """The cache folder, or None when the user turned it off."""
+    chosen = os.environ.get("EDGEKIT_STAGE_CACHE")
+    if chosen == "off":
+        return None
+    return Path(chosen) if chosen else Path.home() / ".cache" / "edgekit" / "stages"
+
+
+class StageCache:
+    def __init__(self, root: Path | None, cap_bytes: int | None = None):
+        self.root = root
+        self.cap = cap_bytes if cap_bytes is not None else int(os.environ.get("EDGEKIT_CACHE_MB", "2048")) << 20
+
+    def key(self, *parts: Any) -> str:
+        text = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def load(self, key: str, folder: Path) -> list[Artifact] | None:
+        """The entry's artifacts copied into `folder`, or None when there is no such entry."""
+        entry = self.root / key if self.root else None
+        if entry is None or not (entry / ENTRY).is_file():
+            return None
+        records = json.loads((entry / ENTRY).read_text())
+        artifacts = []
+        for record in records:
+            name = Path(record["file"]).name
+            shutil.copyfile(entry / name, folder / name)
+            io = record["io"] and tuple([TensorSpec.from_dict(d) for d in specs] for specs in record["io"])
+            artifacts.append(Artifact(folder / name, record["format"], record["precision"], record["metadata"], io))
+        os.utime(entry)  # recently used: evicted last
+        return artifacts
+
+    def store(self, key: str, artifacts: list[Artifact]) -> None:
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".{key}.partial-{uuid.uuid4().hex[:8]}"
+        partial.mkdir()
+        try:
+            for artifact in artifacts:
+                shutil.copyfile(artifact.path, partial / artifact.path.name)
+            records = [{"file": a.path.name, "format": a.format, "precision": a.precision, "metadata": a.metadata,
+                        "io": a.io and [[spec.to_dict() for spec in specs] for specs in a.io]} for a in artifacts]
+            (partial / ENTRY).write_text(json.dumps(records, default=_plain))
+            partial.rename(self.root / key)
+        except OSError:
+            if not (self.root / key / ENTRY).is_file():  # another build storing the same entry first is fine
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Remove the least recently used entries until the cache is under its cap."""
+        entries = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime)
+        sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in entries}
+        total = sum(sizes.values())
+        for entry in entries:
+            if total <= self.cap:
+                break
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= sizes[entry]
+
+
+def dataset_hash(dataset: Dataset) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(dataset.inputs):
+        array = np.ascontiguousarray(dataset.inputs[name])
+        digest.update(f"{name}{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy scalars and paths an artifact's metadata may hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -1,0 +1,83 @@
+"""The stage cache: a re-run reuses the stages whose inputs did not change, recomputes parity every time,
+and stays correct when two builds share it at once."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import read_manifest, run_cli
+
+INT8 = ["--target", "x86_64", "--quantize", "int8", "--quiet"]
+QUANTIZE = "quantize INT8 (minmax calibration, 128 samples)"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("EDGEKIT_STAGE_CACHE", str(folder))
+    return folder
+
+
+def cached(out: Path, target: str = "x86_64") -> list[str]:
+    return json.loads((out / target / "report.json").read_text())["cached_stages"]
+
+
+def shas(out: Path, target: str = "x86_64") -> dict[str, str]:
+    return {a["file"]: a["sha256"] for a in read_manifest(out / target)["artifacts"]}
+
+
+def test_a_rerun_reuses_the_quantized_model_and_recomputes_parity(cache, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli("build", *INT8, "--out", first) == 0
+    assert cached(first) == [] and len(list(cache.iterdir())) == 1
+    assert run_cli("build", *INT8, "--out", second) == 0
+    assert cached(second) == [QUANTIZE]
+    assert shas(second) == shas(first)  # the same bytes, verified again
+    assert read_manifest(second / "x86_64")["artifacts"][1]["parity"]["passed"]
+
+
+def test_a_changed_calibration_method_remakes_the_quantized_model(cache, tmp_path):
+    assert run_cli("build", *INT8, "--out", tmp_path / "minmax") == 0
+    assert run_cli("build", *INT8, "--calib-method", "percentile", "--out", tmp_path / "percentile") == 0
+    assert cached(tmp_path / "percentile") == []
+    assert shas(tmp_path / "percentile")["model.int8.onnx"] != shas(tmp_path / "minmax")["model.int8.onnx"]
+
+
+def test_a_changed_tolerance_reruns_only_parity(cache, tmp_path):
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("extends: x86_64\ndescription: x86_64 with an INT8 limit no quantizer meets\n"
+                      "tolerances: {int8: {min_cosine: 0.9999999}}\n")
+    assert run_cli("build", *INT8, "--out", tmp_path / "loose") == 0
+    out = tmp_path / "strict-out"
+    assert run_cli("build", "--target", strict, "--quantize", "int8", "--keep-going", "--out", out, "--quiet") == 0
+    assert cached(out, "strict") == [QUANTIZE]
+    assert [a["parity"]["passed"] for a in read_manifest(out / "strict")["artifacts"]] == [True, False]
+
+
+def test_no_cache_makes_every_stage_and_stores_nothing(cache, tmp_path):
+    assert run_cli("build", *INT8, "--no-cache", "--out", tmp_path / "out") == 0
+    assert cached(tmp_path / "out") == [] and not cache.exists()
+
+
+def test_the_cache_stays_under_its_cap(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE_MB", "0")
+    assert run_cli("build", *INT8, "--out", tmp_path / "out") == 0
+    assert list(cache.iterdir()) == []
+
+
+def test_two_builds_sharing_the_cache_at_once(cache, tmp_path):
+    env = {"EDGEKIT_STAGE_CACHE": str(cache), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    builds = [subprocess.Popen([sys.executable, "-m", "edgekit", "build", *INT8, "--out", str(tmp_path / f"b{i}")],
+                               env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for build in builds:
+        _, err = build.communicate(timeout=600)
+        assert build.returncode == 0, err
+    assert shas(tmp_path / "b0") == shas(tmp_path / "b1")
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no partial entry left
+    assert len(list(cache.iterdir())) == 1
+    assert run_cli("build", *INT8, "--out", tmp_path / "b2") == 0
+    assert cached(tmp_path / "b2") == [QUANTIZE]
