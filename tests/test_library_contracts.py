@@ -112,12 +112,12 @@ def test_tensorflow_mlir_quantize_takes_what_edgekit_passes(calibrated, monkeypa
 
 def test_torch_pruning_round_to_is_still_the_hook_edgekit_overrides():
     tp = pytest.importorskip("torch_pruning")
-    from edgekit.stages.prune import _NearestRoundingPruner
+    from edgekit.stages.prune.channels import nearest_rounding_pruner
 
-    where = f"{version('torch-pruning')}: BasePruner._round_to (overridden in edgekit/stages/prune.py)"
+    where = f"{version('torch-pruning')}: BasePruner._round_to (overridden in edgekit/stages/prune/channels.py)"
     base = getattr(tp.pruner.BasePruner, "_round_to", None)
     assert callable(base), f"{where} is gone"
-    ours = _NearestRoundingPruner()._round_to
+    ours = nearest_rounding_pruner()._round_to
     assert inspect.signature(base) == inspect.signature(ours), \
         f"{where} now takes {inspect.signature(base)}, edgekit's override {inspect.signature(ours)}"
     assert "self._round_to(" in inspect.getsource(tp.pruner.BasePruner), f"{where} is no longer called"
