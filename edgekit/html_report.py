@@ -16,7 +16,7 @@ from typing import Any, Callable
 from matplotlib.figure import Figure  # Figure.savefig renders with Agg; pyplot's global state is never touched
 
 from .package import inside
-from .report import human_size
+from .report import artifact_rows, human_size, verdict
 
 REPORT = "report.html"
 FIGURES = "report"
@@ -242,16 +242,9 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any, pattern: str) -> str:
-    if isinstance(value, str):  # "inf" SNR of an exact match
-        return _e(value)
-    return "-" if value is None else pattern.format(value)
-
-
-def _verdict(passed: bool | None) -> str:
-    if passed is None:
-        return "<span>not computed</span>"
-    return "<span class='pass'>pass</span>" if passed else "<span class='fail'>FAIL</span>"
+def _verdict(text: str) -> str:
+    style = {"pass": " class='pass'", "FAIL": " class='fail'"}.get(text, "")
+    return f"<span{style}>{_e(text)}</span>"
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
@@ -262,15 +255,11 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
 
 
 def _artifact_table(artifacts: list[dict]) -> str:
-    rows = []
-    for a in artifacts:
-        parity, first = a["parity"], _first_output(a)
-        rows.append([_e(a["file"]), _e(a["format"]), _e(a["precision"]), human_size(a["bytes"]), _verdict(parity["passed"]),
-                     _fmt(first.get("max_abs_error"), "{:.2e}"), _fmt(first.get("cosine"), "{:.6f}"),
-                     _fmt(first.get("snr_db"), "{:.1f}"), _fmt(first.get("top1_agreement"), "{:.1%}"),
-                     _fmt(parity.get("accuracy"), "{:.2f}%"), _e(a.get("verified_on", "-"))])
-    return _table(["artifact", "format", "precision", "size", "parity", "max abs err", "cosine", "SNR dB",
-                   "top-1 agree", "accuracy", "verified on"], rows, numeric={3, 5, 6, 7, 8, 9})
+    columns, rows = artifact_rows(artifacts, terminal=False)
+    cells = [[_verdict(cell) if column.kind == "verdict" else _e(cell) for column, cell in zip(columns, row)]
+             for row in rows]
+    return _table([column.header for column in columns], cells,
+                  numeric={i for i, column in enumerate(columns) if column.kind == "number"})
 
 
 def _bench_table(artifacts: list[dict]) -> str:
@@ -281,7 +270,7 @@ def _bench_table(artifacts: list[dict]) -> str:
             kind = "<span class='emulated'>emulated</span>" if b["kind"] == "emulated" else _e(b["kind"])
             rows.append([_e(a["file"]), _e(b["runner"]), kind, _e(b["where"]),
                          *(f"{latency[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "min")),
-                         _e(b.get("runs", "-")), _verdict(b.get("parity", {}).get("passed"))])
+                         _e(b.get("runs", "-")), _verdict(verdict(b.get("parity", {}).get("passed")))])
     if not rows:
         return "<p class='none'>Latency not measured: no benchmarks in this build.</p>"
     return _table(["artifact", "runner", "kind", "where measured", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms",

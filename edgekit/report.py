@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
 
 
 class Progress:
@@ -31,27 +32,60 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the per-artifact table, for the terminal summary and report.html alike."""
+    header: str
+    cell: Callable[[dict[str, Any], dict[str, float]], str]  # (artifact record, its worst metrics) -> text
+    kind: Literal["text", "number", "verdict"] = "text"  # report.html right-aligns numbers, colours verdicts
+    terminal: bool = True  # False: only report.html shows it, the terminal summary stays narrow
+
+
+ARTIFACT_COLUMNS = [
+    Column("artifact", lambda record, worst: record["file"]),
+    Column("format", lambda record, worst: record["format"], terminal=False),
+    Column("precision", lambda record, worst: record["precision"], terminal=False),
+    Column("size", lambda record, worst: human_size(record["bytes"]), "number"),
+    Column("parity", lambda record, worst: verdict(record["parity"]["passed"]), "verdict"),
+    Column("max abs err", lambda record, worst: _number(worst.get("max_abs_error"), "{:.2e}"), "number"),
+    Column("cosine", lambda record, worst: _number(worst.get("cosine"), "{:.6f}"), "number"),
+    Column("SNR dB", lambda record, worst: _number(worst.get("snr_db"), "{:.1f}"), "number"),
+    Column("top-1 agree", lambda record, worst: _number(worst.get("top1_agreement"), "{:.1%}"), "number"),
+    Column("accuracy", lambda record, worst: _number(record["parity"].get("accuracy"), "{:.2f}%"), "number"),
+    Column("verified on", lambda record, worst: record.get("verified_on", "-"), terminal=False),
+]
+
+
+def artifact_rows(artifacts: list[dict[str, Any]], terminal: bool = True) -> tuple[list[Column], list[list[str]]]:
+    """The per-artifact table as plain text cells: one row per artifact, each metric at its worst over the
+    outputs. `terminal` leaves out the columns only report.html shows."""
+    columns = [column for column in ARTIFACT_COLUMNS if column.terminal or not terminal]
+    rows = []
+    for record in artifacts:
+        worst = worst_outputs(record["parity"].get("outputs", {}))
+        rows.append([column.cell(record, worst) for column in columns])
+    return columns, rows
+
+
 def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]]) -> str:
     """One row per artifact: size, verdict and the numbers that decided it; then what went wrong."""
-    header = ["artifact", "size", "parity", "max abs err", "cosine", "SNR dB", "top-1 agree", "accuracy"]
-    rows = [header]
-    for record in artifacts:
-        parity = record["parity"]
-        worst = worst_outputs(parity["outputs"])
-        rows.append([
-            record["file"], human_size(record["bytes"]),
-            "pass" if parity["passed"] else "FAIL",
-            _number(worst.get("max_abs_error"), "{:.2e}"), _number(worst.get("cosine"), "{:.6f}"),
-            _number(worst.get("snr_db"), "{:.1f}"),
-            _number(worst.get("top1_agreement"), "{:.1%}"),
-            _number(parity.get("accuracy"), "{:.2f}%"),
-        ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    columns, rows = artifact_rows(artifacts)
+    lines = _aligned([[column.header for column in columns], *rows])
     problems = [f"  {r['file']}: {problem}" for r in artifacts
                 for problem in r["parity"].get("failures", []) + r["parity"].get("hints", [])]
     problems += [f"  {f['stage']} FAILED: {f['error']}" for f in failures]
     return "\n".join(lines + problems)
+
+
+def verdict(passed: bool | None) -> str:
+    """A parity verdict as text; None is parity that was not computed."""
+    return "not computed" if passed is None else "pass" if passed else "FAIL"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
 def worst_outputs(outputs: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -89,13 +123,10 @@ def bench_table(records: list[dict[str, Any]]) -> str:
     rows = [header]
     for r in records:
         latency, host = r["latency_ms"], r["host_parity"]
-        on_target = r["parity"]
         rows.append([r["file"], f"{r['runner']} ({r['kind']})", *(f"{latency[k]:.3f}" for k in ("p50", "p90", "p99", "mean")),
                      f"{r['load_ms']:.0f}", f"{r['peak_rss_mb']:.0f}",
-                     "-" if host is None else "pass" if host["passed"] else "FAIL",
-                     "not computed" if on_target["passed"] is None else "pass" if on_target["passed"] else "FAIL"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+                     "-" if host is None else verdict(host["passed"]), verdict(r["parity"]["passed"])])
+    lines = _aligned(rows)
     lines += sorted({f"  {r['runner']}: {r['where']}; {r['runtime'].get('name')} {r['runtime'].get('version')}, "
                      f"{r['runtime'].get('used')}, {r['threads']} thread(s), {r['runs']} runs after {r['warmup']} "
                      f"warm-up" for r in records})

@@ -1,0 +1,65 @@
+"""One prune() call's shared state (teacher, data, reference outputs, settings), its measurements, and the
+steps that compress a copy of the teacher."""
+from __future__ import annotations
+
+import copy
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ...errors import UserError
+from ...parity import output_metrics
+from .channels import prune_channels
+from .config import PruneConfig
+from .measure import count_macs, predict
+from .recovery import recover
+from .sparsity import sparsify
+
+
+class Job:
+    """Everything one prune() call shares: the teacher, the data, its reference outputs, the settings."""
+
+    def __init__(self, teacher, input_shape, config: PruneConfig, unlabeled, eval_x, eval_y, device):
+        import torch
+
+        self.teacher, self.input_shape, self.config, self.device = teacher, input_shape, config, device
+        self.unlabeled = torch.from_numpy(np.ascontiguousarray(unlabeled, dtype=np.float32))
+        self.eval_x = torch.from_numpy(np.ascontiguousarray(eval_x, dtype=np.float32))
+        self.eval_y = None if eval_y is None else np.asarray(eval_y).astype(np.int64).reshape(-1)
+        self.reference = predict(teacher, self.eval_x)
+        self.original_accuracy = self._accuracy(self.reference)
+
+    def stats(self, model) -> dict[str, Any]:
+        params = [p.detach().cpu().float().numpy().ravel() for p in model.parameters()]
+        raw = np.concatenate(params).astype(np.float32).tobytes()
+        return {"macs": count_macs(model, self.input_shape), "parameters": sum(p.size for p in params),
+                "float32_bytes": len(raw), "zlib_bytes": len(zlib.compress(raw, 6))}
+
+    def quality(self, model) -> dict[str, Any]:
+        logits = predict(model, self.eval_x)
+        metrics = output_metrics(self.reference, logits)
+        result = {"top1_agreement": metrics["top1_agreement"], "cosine": metrics["cosine"]}
+        if self.eval_y is not None:
+            result["accuracy"] = self._accuracy(logits)
+        return result
+
+    def _accuracy(self, logits: np.ndarray) -> float | None:
+        if self.eval_y is None:
+            return None
+        return round(100.0 * float((logits.argmax(1) == self.eval_y).mean()), 4)
+
+    def compress(self, ratio: float | None):
+        """Structured pruning at `ratio`, then sparsity, each followed by recovery."""
+        model, steps = copy.deepcopy(self.teacher), []
+        if ratio is not None:
+            before = self.stats(model)
+            prune_channels(self, model, ratio)
+            steps.append({"step": "prune", "ratio": ratio, "method": self.config.method,
+                          "round_to": self.config.round_to, "before": before, "after": self.stats(model),
+                          **recover(self, model)})
+        if self.config.sparsity:
+            steps.append(sparsify(self, model, self.config.sparsity))
+        if not steps:
+            raise UserError("nothing to prune: prune ratio is unset and sparsity is 0")
+        return model.eval(), steps
