@@ -13,7 +13,6 @@ from typing import Any
 from . import package, targets
 from .output_kinds import OutputKind
 from .parity import ParityResult
-from .sources import sha256_file
 from .spec import TensorSpec
 from .targets import Runtime, Target, Tolerance
 from .verify import verify
@@ -39,14 +38,15 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
     target = None if recorded_tolerances and not profile else \
         targets.for_build(manifest["target"].get("builtin"), profile, str(folder))
     runtime = target.runtime if target else Runtime()
-    digest = package.release_digest(folder, manifest)
+    hashes = package.listed_hashes(folder, manifest)  # each file read once, for the digest and the checks
+    digest = package.release_digest(manifest, hashes)
     failures = list(manifest["failures"])
     if not manifest["artifacts"]:
         failures.append({"stage": "check", "format": "-", "error": "the manifest lists no artifacts"})
     if expect and expect != digest:
         failures.append({"stage": "check", "format": "-", "error": f"release digest {digest} is not the expected "
                                                                    f"{expect}: the folder changed since it was pinned"})
-    evidence_problem = _evidence_problem(folder, manifest)
+    evidence_problem = _evidence_problem(manifest, hashes)
     if evidence_problem is None:
         names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
         inputs, labels, reference = package.read_parity_data(folder, names)
@@ -55,9 +55,9 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
         path = package.inside(folder, entry["file"], "artifacts[].file")
         if evidence_problem:
             parity = ParityResult(error=evidence_problem)
-        elif not path.is_file():
+        elif hashes[entry["file"]] == "missing":
             parity = ParityResult(error="the file is missing")
-        elif sha256_file(path) != entry["sha256"]:
+        elif hashes[entry["file"]] != entry["sha256"]:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
             tolerance = judged_by(manifest, entry, target)
@@ -91,11 +91,10 @@ def artifact_io(entry: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpe
     return tuple([TensorSpec.from_dict(d) for d in entry[kind]] for kind in ("inputs", "outputs"))
 
 
-def _evidence_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
+def _evidence_problem(manifest: dict[str, Any], hashes: dict[str, str]) -> str | None:
     """The held-out inputs and reference outputs must be exactly the ones the build recorded."""
     for key in ("inputs", "reference_outputs"):
         record = manifest["evaluation"][key]
-        path = package.inside(folder, record["file"], f"evaluation.{key}.file")
-        if not path.is_file() or sha256_file(path) != record["sha256"]:
+        if hashes[record["file"]] != record["sha256"]:
             return f"parity data {record['file']} is missing or changed since the build"
     return None

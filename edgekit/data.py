@@ -108,11 +108,11 @@ def _against_preprocessing(data: Dataset, path: str, preprocess: Preprocess | No
         outside = _outside(found, expected)
         where = (f"{path}: input '{name}' spans {_shown(found)}, but the declared preprocessing makes "
                  f"{_shown(expected)} of 8-bit images")
-        if outside > RANGE_REFUSE:
-            raise UserError(f"{where}: normalize the arrays as `preprocess:` says ((pixels * scale - mean) / std), "
-                            f"like training, or give a folder of images instead")
-        if outside > RANGE_WARN:
-            notes.append(f"{where}: check that the arrays are normalized like training")
+        warning = _judged(outside, where, "normalize the arrays as `preprocess:` says ((pixels * scale - mean) / "
+                          "std), like training, or give a folder of images instead",
+                          "check that the arrays are normalized like training")
+        if warning:
+            notes.append(warning)
         elif found[1] - found[0] < (expected[1] - expected[0]) / RANGE_REFUSE:
             notes.append(f"{where}: the data covers a tiny part of it (normalized twice?); check its preprocessing")
     return notes
@@ -129,12 +129,19 @@ def _against_each_other(calibration: Dataset, calib_path: str, evaluation: Datas
         outside = max(_outside(ours, theirs), _outside(theirs, ours))
         where = (f"calibration data {calib_path} spans {_shown(ours)} for input '{name}' but the --eval data "
                  f"{eval_path} spans {_shown(theirs)}")
-        if outside > RANGE_REFUSE:
-            raise UserError(f"{where}: one of them is preprocessed differently; prepare both exactly like the "
-                            f"model's training data")
-        if outside > RANGE_WARN:
-            notes.append(f"{where}: check that both are preprocessed like the model's training data")
+        warning = _judged(outside, where, "one of them is preprocessed differently; prepare both exactly like the "
+                          "model's training data", "check that both are preprocessed like the model's training data")
+        if warning:
+            notes.append(warning)
     return notes
+
+
+def _judged(outside: float, where: str, refused_fix: str, warned_fix: str) -> str | None:
+    """Refuse data reaching more than RANGE_REFUSE widths outside its expected range; a warning past
+    RANGE_WARN; None within it."""
+    if outside > RANGE_REFUSE:
+        raise UserError(f"{where}: {refused_fix}")
+    return f"{where}: {warned_fix}" if outside > RANGE_WARN else None
 
 
 def _span(array: np.ndarray) -> tuple[float, float]:

@@ -195,15 +195,21 @@ def file_record(folder: Path, relative: str) -> dict[str, Any]:
     return {"file": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def release_digest(folder: Path, manifest: dict[str, Any]) -> str:
-    """One sha256 over a whole release: the manifest (less the measurements `bench` adds later) and the bytes
-    of every artifact and parity file it lists. Any changed byte or key changes it."""
+def listed_hashes(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """The sha256 of every artifact and parity file the manifest lists, as the folder holds them now
+    ("missing" where a file is absent)."""
     listed = [entry["file"] for entry in manifest["artifacts"]] + \
         [manifest["evaluation"][key]["file"] for key in ("inputs", "reference_outputs")]
-    files = {}
+    hashes = {}
     for relative in sorted(set(listed)):
         path = inside(folder, relative, relative)
-        files[relative] = sha256_file(path) if path.is_file() else "missing"
+        hashes[relative] = sha256_file(path) if path.is_file() else "missing"
+    return hashes
+
+
+def release_digest(manifest: dict[str, Any], files: dict[str, str]) -> str:
+    """One sha256 over a whole release: the manifest (less the measurements `bench` adds later) and the bytes
+    of every artifact and parity file it lists (`listed_hashes`). Any changed byte or key changes it."""
     recorded = {**manifest, "artifacts": [{k: v for k, v in entry.items() if k != "benchmarks"}
                                           for entry in manifest["artifacts"]]}
     text = json.dumps(_finite({"manifest": recorded, "files": files}), sort_keys=True, separators=(",", ":"))

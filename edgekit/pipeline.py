@@ -318,7 +318,8 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
         manifest["layerwise"] = _layerwise(folder, manifest)
     package.write_json(folder / package.MANIFEST, manifest)
-    digest = package.release_digest(folder, package.read_manifest(folder))  # bench's numbers are not part of it
+    written = package.read_manifest(folder)
+    digest = package.release_digest(written, package.listed_hashes(folder, written))  # bench's numbers: not part
     package.write_json(folder / "report.json", {"target": target.name, "release_digest": digest,
                                                 "cached_stages": runner.cached,
                                                 "timings_s": timings.timings, "peak_rss_mb": peak_rss_mb(),

@@ -3,6 +3,7 @@ signals mid-build, full and read-only disks. Every case asserts the exit code, o
 traceback, and that nothing outside the build's own paths changed."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -331,29 +332,31 @@ def test_sigterm_while_onnx2tf_converts_stops_its_child_and_publishes_nothing(tm
     assert alive == []
 
 
-def mount_tmpfs(where: Path, options: str) -> None:
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str):
+    """A real tmpfs mounted at `where` for the test (root only; skipped visibly otherwise)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
     where.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    where = tmp_path / "disk"
-    mount_tmpfs(where, "size=300k")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+    with tmpfs(tmp_path / "disk", "size=300k") as where:
+        yield where
 
 
 @pytest.fixture
 def read_only_disk(tmp_path):
-    where = tmp_path / "ro"
-    mount_tmpfs(where, "ro,size=1m")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as where:
+        yield where
 
 
 def test_a_full_disk_ends_with_one_line_and_leaves_nothing(small_disk, capsys):

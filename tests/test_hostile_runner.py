@@ -70,6 +70,7 @@ def test_a_hostile_ssh_destination_is_refused_and_runs_nothing(folder, marker, t
     runner = runner.format(marker=marker)
     refused(capsys, tmp_path, "bench", folder, "--runner", runner, "--runs", "1",
             words=(repr(runner), SSH_FORM))
+    assert not marker.exists()
 
 
 def test_a_hostile_ssh_destination_from_the_console(folder, marker, tmp_path):
@@ -113,6 +114,7 @@ def test_a_folder_recording_a_hostile_runner_is_benched_by_its_builtin_profile(f
 def test_a_folder_without_a_builtin_profile_needs_one_named(folder, marker, tmp_path, capsys, builtin):
     hostile_manifest(folder, marker, builtin)
     refused(capsys, tmp_path, "bench", folder, "--runs", "1", words=("--target",))
+    assert not marker.exists()
 
 
 # ---- build --bench: the recipe's runner is checked before any work ----------------------------------------
@@ -121,6 +123,7 @@ def test_build_bench_with_a_hostile_runner_does_no_work(marker, tmp_path, capsys
     runner = f"ssh://-oProxyCommand=touch {marker}"
     refused(capsys, tmp_path, "build", "--target", "x86_64", "--out", tmp_path / "out", "--bench",
             "--runner", runner, words=(repr(runner), SSH_FORM))
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 # ---- Numbers out of range: flags, recipes, profiles -------------------------------------------------------
