@@ -78,6 +78,7 @@ def validate(manifest: Any, where: str) -> None:
     if error is None:
         return
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
-    message = error.message if len(error.message) < 160 else error.message[:160] + "..."
+    message = f"{error.instance!r} is not a path inside the build folder" if error.schema is RELATIVE_PATH \
+        else error.message if len(error.message) < 160 else error.message[:160] + "..."
     raise UserError(f"{where} is not a valid edgekit manifest: {f'key {key!r}: ' if key else ''}{message}: "
                     f"rebuild the folder with `edgekit build`")
