@@ -1,8 +1,8 @@
 """The stage cache: a stage's artifacts stored under a hash of everything they are made from.
 
 The key is the stage's format, precisions and version, the library versions, the bytes of the float ONNX
-hub it reads, the calibration data and the settings the stage declares it depends on. Parity and the gate
-are never cached. An entry is written in a temporary folder and renamed into place, so builds sharing a
+hub it reads, the calibration data and the settings the stage declares it depends on. The hub itself is
+keyed by `model_fingerprint`. Parity and the gate are never cached. An entry is written in a temporary folder and renamed into place, so builds sharing a
 cache never see half an entry; the oldest entries go when the cache grows past its cap.
 
 Where: $EDGEKIT_STAGE_CACHE (a folder, or "off"), else ~/.cache/edgekit/stages; cap: $EDGEKIT_CACHE_MB
@@ -99,6 +99,40 @@ def dataset_hash(dataset: Dataset) -> str:
         digest.update(f"{name}{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def model_fingerprint(source, reference: dict[str, np.ndarray]) -> str:
+    """A hash of what an export reads: the model's files, its inputs, every parameter and buffer, its structure,
+    and its outputs on the held-out data. Code the files do not hold (a helper imported from elsewhere, an
+    attribute forward() reads) shows in the outputs; what would still slip through is caught by the float
+    ONNX's parity, which is always recomputed against the live model."""
+    digest = hashlib.sha256(source.sha256.encode())
+    digest.update(json.dumps([spec.to_dict() for spec in source.inputs + source.outputs]).encode())
+    if source.kind == "torch":
+        import torch
+
+        for name, tensor in _tensors(source.module):
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}{data.dtype}{tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(_structure(source.module).encode())
+    for name in sorted(reference):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(reference[name]).tobytes())
+    return digest.hexdigest()
+
+
+def _tensors(module) -> list:
+    """Named parameters, buffers and tensor constants of an nn.Module, ScriptModule or ExportedProgram."""
+    import torch
+
+    named = module.state_dict() if callable(module.state_dict) else {**module.state_dict, **module.constants}
+    return sorted((name, value) for name, value in named.items() if isinstance(value, torch.Tensor))
+
+
+def _structure(module) -> str:
+    """The module tree with its hyperparameters; TorchScript's code and an exported program's graph."""
+    return getattr(module, "code", None) or str(module)
 
 
 def _plain(value: Any) -> Any:

@@ -26,9 +26,9 @@ from .report import Progress
 from .runners import run_dataset
 from .sources import SourceModel, sha256_file
 from .spec import TensorSpec
-from .cache import StageCache, dataset_hash, default_root
+from .cache import StageCache, dataset_hash, default_root, model_fingerprint
 from .stages import Artifact, Stage, StageContext, validate_order
-from .stages.export_onnx import export_onnx
+from .stages.export_onnx import EXPORT_VERSION, export_onnx
 from .targets import Target
 from .verify import verify
 
@@ -51,6 +51,7 @@ class BuildInputs:
     scratch: Path  # where the float ONNX hubs are exported
     cache: StageCache
     hubs: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # per opset, shared by its targets
+    cached_hubs: set[int] = dataclasses.field(default_factory=set)  # the opsets whose hub came from the cache
 
     @property
     def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -213,7 +214,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     cache), the precision plan and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
     chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize) for name in target.formats}
-    hub = _hub(shared, target.opset, folder, progress, label)  # shipped or not, every artifact is made from it
+    hub, export_step = _hub(shared, target.opset, folder, progress, label)  # every artifact is made from it
     kinds = {name: OutputKind.from_dict(data) for name, data in hub.metadata["output_kinds"].items()}
     scheme = target.quantization
     if recipe.calibration.method:
@@ -237,22 +238,35 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
                   for stage in formats.get(name).stages(context, precisions)]
     runner = StageRunner(context, shared.cache, (package.versions(), sha256_file(hub.path),
                                                  dataset_hash(calibration)), progress, label)
+    if target.opset in shared.cached_hubs:
+        runner.cached.append(export_step)
     artifacts = [artifact for stage in stages for artifact in runner.run(stage)]
     if hub not in artifacts:
         hub.path.unlink()
     return artifacts, runner, context.plan, kinds
 
 
-def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, label: str) -> Artifact:
-    """The float ONNX at `opset` in `folder`: exported once per build and copied for each target."""
+def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, label: str) -> tuple[Artifact, str]:
+    """The float ONNX at `opset` in `folder` (exported once per build, or taken from the stage cache, and
+    copied for each target) and the name of its step."""
+    step = f"export ONNX (opset {opset}) and simplify"
     if opset not in shared.hubs:
         workdir = shared.scratch / f"opset{opset}"
         workdir.mkdir()
-        with progress.step(f"{label} export ONNX (opset {opset}) and simplify"):
-            shared.hubs[opset] = export_onnx(shared.source, opset, workdir)
+        with progress.step(f"{label} {step}"):
+            key = shared.cache.key(package.versions(), step, EXPORT_VERSION,
+                                   model_fingerprint(shared.source, shared.reference))
+            made = shared.cache.load(key, workdir)
+            if made is None:
+                made = [export_onnx(shared.source, opset, workdir)]
+                shared.cache.store(key, made)
+            else:
+                shared.cached_hubs.add(opset)
+            shared.hubs[opset] = made[0]
     exported = shared.hubs[opset]
     shutil.copyfile(exported.path, folder / exported.path.name)
-    return dataclasses.replace(exported, path=folder / exported.path.name, metadata=copy.deepcopy(exported.metadata))
+    return (dataclasses.replace(exported, path=folder / exported.path.name, metadata=copy.deepcopy(exported.metadata)),
+            step)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 from conftest import read_manifest, run_cli
 
 INT8 = ["--target", "x86_64", "--quantize", "int8", "--quiet"]
+EXPORT = "export ONNX (opset 18) and simplify"
 QUANTIZE = "quantize INT8 (minmax calibration, 128 samples)"
 
 
@@ -30,12 +31,12 @@ def shas(out: Path, target: str = "x86_64") -> dict[str, str]:
     return {a["file"]: a["sha256"] for a in read_manifest(out / target)["artifacts"]}
 
 
-def test_a_rerun_reuses_the_quantized_model_and_recomputes_parity(cache, tmp_path):
+def test_a_rerun_reuses_the_export_and_quantized_model_and_recomputes_parity(cache, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli("build", *INT8, "--out", first) == 0
-    assert cached(first) == [] and len(list(cache.iterdir())) == 1
+    assert cached(first) == [] and len(list(cache.iterdir())) == 2
     assert run_cli("build", *INT8, "--out", second) == 0
-    assert cached(second) == [QUANTIZE]
+    assert cached(second) == [EXPORT, QUANTIZE]
     assert shas(second) == shas(first)  # the same bytes, verified again
     assert read_manifest(second / "x86_64")["artifacts"][1]["parity"]["passed"]
 
@@ -43,7 +44,7 @@ def test_a_rerun_reuses_the_quantized_model_and_recomputes_parity(cache, tmp_pat
 def test_a_changed_calibration_method_remakes_the_quantized_model(cache, tmp_path):
     assert run_cli("build", *INT8, "--out", tmp_path / "minmax") == 0
     assert run_cli("build", *INT8, "--calib-method", "percentile", "--out", tmp_path / "percentile") == 0
-    assert cached(tmp_path / "percentile") == []
+    assert cached(tmp_path / "percentile") == [EXPORT]
     assert shas(tmp_path / "percentile")["model.int8.onnx"] != shas(tmp_path / "minmax")["model.int8.onnx"]
 
 
@@ -54,7 +55,7 @@ def test_a_changed_tolerance_reruns_only_parity(cache, tmp_path):
     assert run_cli("build", *INT8, "--out", tmp_path / "loose") == 0
     out = tmp_path / "strict-out"
     assert run_cli("build", "--target", strict, "--quantize", "int8", "--keep-going", "--out", out, "--quiet") == 0
-    assert cached(out, "strict") == [QUANTIZE]
+    assert cached(out, "strict") == [EXPORT, QUANTIZE]
     assert [a["parity"]["passed"] for a in read_manifest(out / "strict")["artifacts"]] == [True, False]
 
 
@@ -78,6 +79,44 @@ def test_two_builds_sharing_the_cache_at_once(cache, tmp_path):
         assert build.returncode == 0, err
     assert shas(tmp_path / "b0") == shas(tmp_path / "b1")
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no partial entry left
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.iterdir())) == 2
     assert run_cli("build", *INT8, "--out", tmp_path / "b2") == 0
-    assert cached(tmp_path / "b2") == [QUANTIZE]
+    assert cached(tmp_path / "b2") == [EXPORT, QUANTIZE]
+
+
+MODEL = """
+import torch
+from scaling import SCALE
+
+
+class Net(torch.nn.Module):
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * SCALE
+
+
+def make():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+def test_code_outside_the_model_file_that_changes_the_outputs_remakes_the_export(cache, tmp_path):
+    """The export's key holds the model's outputs: a constant in a file the model imports is part of it."""
+    (tmp_path / "net.py").write_text(MODEL)
+    built = {}
+    for scale in ("1.0", "1.0", "3.0"):
+        (tmp_path / "scaling.py").write_text(f"SCALE = {scale}\n")
+        out = tmp_path / f"out{len(built)}"
+        assert run_cli("build", f"{tmp_path / 'net.py'}:make", "--target", "x86_64", "--quantize", "none",
+                       "--random-calib", "--out", out, "--quiet") == 0
+        sys.modules.pop("scaling", None)  # the next build imports the changed file
+        built[len(built)] = (cached(out), read_manifest(out / "x86_64")["artifacts"][0])
+    assert [stages for stages, _ in built.values()] == [[], [EXPORT], []]
+    assert built[0][1]["sha256"] == built[1][1]["sha256"] != built[2][1]["sha256"]
+    assert built[2][1]["parity"]["passed"]
