@@ -277,7 +277,7 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         print(f"edgekit {__version__}: building {recipe.model} for {', '.join(names)}", file=sys.stderr)
     results = build(recipe, Progress(quiet=args.quiet), profiles)
     for result in results:
-        manifest = result.manifest
+        manifest = result.manifest.to_dict()  # the summary renders the document the folder holds
         accuracy = manifest["reference"].get("accuracy")
         reference = f", reference accuracy {accuracy:.2f}%" if accuracy is not None else ""
         where = result.folder if result.folder else "not packaged: it failed (--keep-going packages anyway)"
@@ -305,7 +305,7 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
             print(f"release digest: {result.digest} (pin it: edgekit check {result.folder} --expect DIGEST)",
                   file=sys.stderr)
     if args.json:
-        print(json.dumps([{**r.manifest, "release_digest": r.digest} for r in results], indent=2, default=str))
+        print(json.dumps([{**r.manifest.to_dict(), "release_digest": r.digest} for r in results], indent=2, default=str))
     failed = [r for r in results if not r.passed]
     if failed and not recipe.keep_going:
         return 1
@@ -326,7 +326,7 @@ def _bench(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UserError(f"{path} does not exist: give a build folder or an .onnx / .tflite file")
     if in_build:
-        builtin = package.read_manifest(folder)["target"].get("builtin")
+        builtin = package.read_manifest(folder).target.builtin
         target = targets.for_build(builtin, args.target, str(folder))  # never the folder's own profile copy
         records = bench_folder(folder, target, args.runner, args.runs, args.warmup, args.threads, args.samples,
                                only=None if path.is_dir() else path.name)
@@ -362,11 +362,12 @@ def _check(args: argparse.Namespace) -> int:
     from .report import summary_table
 
     result = check(Path(args.folder), args.target, args.recorded_tolerances, args.expect)
+    failures = [failure.to_dict() for failure in result.failures]
     if args.json:
         print(json.dumps({"passed": result.passed, "digest": result.digest, "judged_by": result.judged_by,
-                          "artifacts": result.records, "failures": result.failures}, indent=2, default=str))
+                          "artifacts": result.records, "failures": failures}, indent=2, default=str))
     else:
-        print(summary_table(result.records, result.failures))
+        print(summary_table(result.records, failures))
         print(f"\njudged by {result.judged_by}\nrelease digest: {result.digest}"
               f"{' (as expected)' if args.expect and args.expect == result.digest else ''}")
         print(f"{args.folder}: {'PASS' if result.passed else 'FAIL'} ({len(result.records)} artifacts)")

@@ -13,6 +13,7 @@ import subprocess
 from typing import Any
 
 from .errors import UserError
+from .manifest import ArtifactEntry
 from .targets import Target
 
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
@@ -54,21 +55,21 @@ def require_gpu(target: Target) -> None:
         raise UserError(f"--require-gpu: {status['reason']}; fix: {status['install']}")
 
 
-def trtexec_command(target: Target, artifact: dict[str, Any]) -> dict[str, Any]:
+def trtexec_command(target: Target, artifact: ArtifactEntry) -> dict[str, Any]:
     """The command that builds and times this ONNX artifact's TensorRT engine on the device."""
     settings = target.gpu.trtexec
-    engine = artifact["file"].removesuffix(".onnx") + ".engine"
-    command = [settings.path, f"--onnx={artifact['file']}", f"--saveEngine={engine}",
-               *PRECISION_FLAGS[artifact["precision"]], f"--timingCacheFile={settings.timing_cache}"]
+    engine = artifact.name.removesuffix(".onnx") + ".engine"
+    command = [settings.path, f"--onnx={artifact.name}", f"--saveEngine={engine}",
+               *PRECISION_FLAGS[artifact.precision], f"--timingCacheFile={settings.timing_cache}"]
     if settings.workspace_mb:
         command.append(f"--memPoolSize=workspace:{settings.workspace_mb}M")
     command += settings.extra_flags
     # edgekit's ONNX has fixed input shapes, and trtexec refuses --shapes for those: they are recorded instead.
     return {"command": shlex.join(command), "engine": engine,
-            "input_shapes": {s["name"]: s["shape"] for s in artifact["inputs"]},
+            "input_shapes": {s.name: list(s.shape) for s in artifact.inputs},
             "note": "run on the device: an engine is tied to its GPU and TensorRT version"
                     + ("; the INT8 QDQ graph carries its own scales (explicit quantization), --fp16 lets "
-                       "unquantized layers run in half precision" if artifact["precision"] == "int8" else "")}
+                       "unquantized layers run in half precision" if artifact.precision == "int8" else "")}
 
 
 def parse_trtexec(output: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from matplotlib.figure import Figure  # Figure.savefig renders with Agg; pyplot's global state is never touched
 
+from .manifest import Manifest
 from .package import inside
 from .report import artifact_rows, human_size, verdict
 
@@ -39,13 +40,14 @@ p.none { color: #718096; font-style: italic; }
 """
 
 
-def write_report(folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write `folder/report.html` and `folder/report/<figure>.png` from a build's manifest.
+def write_report(folder: Path, built: Manifest) -> Path:
+    """Write `folder/report.html` and `folder/report/<figure>.png` from a build's manifest (the page renders
+    its JSON document, as manifest.json holds it).
 
     Per-layer SNR comes from each artifact's `layers` entry: [{"name": ..., "snr_db": ...}, ...] in
     network order.
     """
-    folder = Path(folder)
+    folder, manifest = Path(folder), built.to_dict()
     for written in ("report.html", FIGURES):  # a link planted in a downloaded folder must not redirect writes
         inside(folder, written, written)
     artifacts = manifest.get("artifacts", [])

@@ -22,13 +22,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import UserError, first_line
-from .manifest_schema import validate
+from .manifest import FileRecord, Manifest
 from .sources import sha256_file
 
 MANIFEST = "manifest.json"
 PARITY_INPUTS = "parity/inputs.npz"
 PARITY_REFERENCE = "parity/reference.npz"
-MANIFEST_SCHEMA = 1
 
 
 STAGING_MARK = ".edgekit-staging"  # inside every staging folder: what the stale-folder cleanup may remove
@@ -81,7 +80,7 @@ def _foreign_file(folder: Path) -> str | None:
         manifest = read_manifest(folder)
     except UserError:
         return f"is not an edgekit build (no valid {MANIFEST})"
-    listed = OWN_FILES | {entry.get("file") for entry in manifest.get("artifacts", []) if isinstance(entry, dict)}
+    listed = OWN_FILES | {entry.name for entry in manifest.artifacts}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).as_posix()
         own = relative in OWN_FOLDERS if path.is_dir() else \
@@ -190,16 +189,15 @@ def inside(folder: Path, relative: str, key: str) -> Path:
     return path
 
 
-def file_record(folder: Path, relative: str) -> dict[str, Any]:
+def file_record(folder: Path, relative: str) -> FileRecord:
     path = folder / relative
-    return {"file": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return FileRecord(relative, sha256_file(path), path.stat().st_size)
 
 
-def listed_hashes(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
+def listed_hashes(folder: Path, manifest: Manifest) -> dict[str, str]:
     """The sha256 of every artifact and parity file the manifest lists, as the folder holds them now
     ("missing" where a file is absent)."""
-    listed = [entry["file"] for entry in manifest["artifacts"]] + \
-        [manifest["evaluation"][key]["file"] for key in ("inputs", "reference_outputs")]
+    listed = [entry.name for entry in manifest.artifacts] + [manifest.parity_inputs.file, manifest.parity_reference.file]
     hashes = {}
     for relative in sorted(set(listed)):
         path = inside(folder, relative, relative)
@@ -207,11 +205,10 @@ def listed_hashes(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return hashes
 
 
-def release_digest(manifest: dict[str, Any], files: dict[str, str]) -> str:
+def release_digest(manifest: Manifest, files: dict[str, str]) -> str:
     """One sha256 over a whole release: the manifest (less the measurements `bench` adds later) and the bytes
     of every artifact and parity file it lists (`listed_hashes`). Any changed byte or key changes it."""
-    recorded = {**manifest, "artifacts": [{k: v for k, v in entry.items() if k != "benchmarks"}
-                                          for entry in manifest["artifacts"]]}
+    recorded = manifest.to_dict(benchmarks=False)
     text = json.dumps(_finite({"manifest": recorded, "files": files}), sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -242,18 +239,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """manifest.json, replaced in one step (bench rewrites it in a published folder)."""
+    partial = folder / f".{MANIFEST}.partial"
+    write_json(partial, manifest.to_dict())
+    partial.replace(folder / MANIFEST)
+
+
+def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise UserError(f"{folder} is not a build folder: give the folder `edgekit build` wrote, e.g. build/arm64")
     if path.is_symlink() or not path.is_file():
         raise UserError(f"{folder} has no {MANIFEST}: give the folder `edgekit build` wrote, e.g. build/arm64")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}): rebuild the folder with `edgekit build`") from None
-    validate(manifest, str(path))
-    return manifest
+    return Manifest.from_dict(data, str(path))
 
 
 def refresh_archive(folder: Path) -> None:

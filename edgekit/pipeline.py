@@ -18,6 +18,7 @@ from .data import BuildData, load_build_data
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
+from .manifest import ArtifactEntry, Failure, Manifest, TargetRecord
 from .output_kinds import OutputKind
 from .parity import accuracy, classifier_output, range_problems
 from .precision_plan import PrecisionPlan, make_plan
@@ -64,7 +65,7 @@ class BuildInputs:
 @dataclass
 class TargetResult:
     target: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     folder: Path | None  # None when the build failed parity and was not packaged
     archive: Path | None
     digest: str | None  # package.release_digest of the published folder, for `edgekit check --expect`
@@ -73,19 +74,15 @@ class TargetResult:
 
     @property
     def passed(self) -> bool:
-        return all_passed(self.manifest)
+        return self.manifest.passed
 
 
 class ParityFailed(Exception):
     """Raised inside the staging folder so that a failing target is not published."""
 
-    def __init__(self, manifest: dict[str, Any]):
+    def __init__(self, manifest: Manifest):
         super().__init__("parity failed")
         self.manifest = manifest
-
-
-def all_passed(manifest: dict[str, Any]) -> bool:
-    return not manifest["failures"] and all(a["parity"]["passed"] for a in manifest["artifacts"])
 
 
 def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = None) -> list[TargetResult]:
@@ -137,7 +134,7 @@ def _publish(shared: BuildInputs, target: Target, out: Path, progress: Progress)
             benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
             manifest = package.read_manifest(folder)
             write_report(folder, manifest)
-            if not all_passed(manifest) and not recipe.keep_going:
+            if not manifest.passed and not recipe.keep_going:
                 raise ParityFailed(manifest)
     except ParityFailed as failure:
         return TargetResult(target.name, failure.manifest, None, None, None)
@@ -279,7 +276,7 @@ class StageRunner:
     common: tuple  # what every stage's artifacts depend on: library versions, the hub's bytes, calibration data
     progress: Progress
     label: str
-    failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    failures: list[Failure] = dataclasses.field(default_factory=list)
     cached: list[str] = dataclasses.field(default_factory=list)
 
     def run(self, stage: Stage) -> list[Artifact]:
@@ -287,7 +284,7 @@ class StageRunner:
             with self.progress.step(f"{self.label} {stage.name}"):
                 return stage.ensure(self._made(stage))
         except UserError as err:
-            self.failures.append({"stage": stage.name, "format": stage.format, "error": str(err)})
+            self.failures.append(Failure(stage.name, stage.format, str(err)))
         return self.run(stage.fallback) if stage.fallback else []
 
     def _made(self, stage: Stage) -> list[Artifact]:
@@ -319,25 +316,25 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
     artifacts, runner, plan, kinds = _make_artifacts(shared, target, folder, timings, label)
-    failures = runner.failures
     evaluation = shared.data.evaluation
-    records = []
+    entries = []
     for artifact in artifacts:
         with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
-            records.append(_artifact_record(folder, artifact, target, shared, gpu, kinds))
+            entries.append(_artifact_entry(folder, artifact, target, shared, gpu, kinds))
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
-    manifest = _manifest(shared, target, folder, records, failures, kinds)
-    manifest["gpu"] = gpu
-    manifest["precision_plan"] = plan.to_dict() if plan else None
+    manifest = _manifest(shared, target, folder, entries, runner.failures, kinds)
+    manifest.gpu = gpu
+    manifest.precision_plan = plan.to_dict() if plan else None
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
-        manifest["layerwise"] = _layerwise(folder, manifest)
-    package.write_json(folder / package.MANIFEST, manifest)
+        manifest.layerwise = _layerwise(folder, manifest)
+    package.write_manifest(folder, manifest)
     written = package.read_manifest(folder)
     digest = package.release_digest(written, package.listed_hashes(folder, written))  # bench's numbers: not part
     package.write_json(folder / "report.json", {"target": target.name, "release_digest": digest,
                                                 "cached_stages": runner.cached,
                                                 "timings_s": timings.timings, "peak_rss_mb": peak_rss_mb(),
-                                                "artifacts": records, "failures": failures})
+                                                "artifacts": [entry.to_dict() for entry in entries],
+                                                "failures": [failure.to_dict() for failure in runner.failures]})
     return digest, runner.cached
 
 
@@ -350,79 +347,76 @@ def peak_rss_mb() -> dict[str, float]:
             "converters": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
-def _layerwise(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _layerwise(folder: Path, manifest: Manifest) -> dict[str, Any]:
     """Per-layer SNR of every reduced-precision artifact against the float ONNX graph (for report.html and
     a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`."""
     from .layerwise.divergence import divergence, held_out_inputs
 
-    hub = next((a for a in manifest["artifacts"] if a["file"] == "model.fp32.onnx"), None)
+    hub = manifest.artifact("model.fp32.onnx")
     if hub is None:
         return {"computed": False, "why": "no float ONNX artifact to map layers through"}
-    per_sample = hub["details"]["activation_bytes"]
+    per_sample = hub.details["activation_bytes"]
     samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
     try:
         result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
     except UserError as err:  # a diagnostic: a layer map it cannot make must not fail a build whose parity passed
         return {"computed": False, "why": str(err)}
-    for record in manifest["artifacts"]:
-        data = result["artifacts"].get(record["file"])
-        if data and record["precision"] != "fp32":
-            record["layers"] = [{"name": r["reference"], "snr_db": r["snr_db"], "channel_snr_db": r["channel_snr_db"]}
-                                for r in data["rows"]]
-            record["first_divergence"] = data["first_divergence"] and data["first_divergence"]["reference"]
+    for entry in manifest.artifacts:
+        data = result["artifacts"].get(entry.name)
+        if data and entry.precision != "fp32":
+            entry.layers = [{"name": r["reference"], "snr_db": r["snr_db"], "channel_snr_db": r["channel_snr_db"]}
+                            for r in data["rows"]]
+            entry.first_divergence = data["first_divergence"] and data["first_divergence"]["reference"]
     return {"computed": True, "reference": "float ONNX", "samples": result["samples"],
             "threshold_db": result["threshold_db"], "coverage": result["coverage"]}
 
 
-def _artifact_record(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
-                     gpu: dict[str, Any] | None, kinds: dict[str, OutputKind]) -> dict[str, Any]:
+def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
+                    gpu: dict[str, Any] | None, kinds: dict[str, OutputKind]) -> ArtifactEntry:
     tolerance = target.tolerance(artifact.precision)
     per_output = {name: target.output_tolerance(artifact.precision, name, kind.kind) for name, kind in kinds.items()}
     evaluation = shared.data.evaluation
     checked = verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs,
                      shared.reference, per_output, evaluation.labels, kinds)
-    record = {**package.file_record(folder, artifact.path.name), "format": artifact.format,
-              "precision": artifact.precision, "inputs": [s.to_dict() for s in checked.inputs],
-              "outputs": [s.to_dict() for s in checked.outputs], "runtime": checked.runtime,
-              "verified_on": verified_on(checked.runtime, artifact.precision, gpu),
-              "tolerance": dataclasses.asdict(tolerance),
-              "output_tolerances": {name: dataclasses.asdict(limits) for name, limits in per_output.items()},
-              "parity": {**checked.parity.to_dict(), "failures": checked.parity.failures(),
-                         "hints": range_problems(shared.reference, checked.outputs, artifact.precision)},
-              "details": artifact.metadata}
+    entry = ArtifactEntry(
+        package.file_record(folder, artifact.path.name), artifact.format, artifact.precision, checked.inputs,
+        checked.outputs, dataclasses.asdict(tolerance),
+        {**checked.parity.to_dict(), "failures": checked.parity.failures(),
+         "hints": range_problems(shared.reference, checked.outputs, artifact.precision)},
+        runtime=checked.runtime, verified_on=verified_on(checked.runtime, artifact.precision, gpu),
+        output_tolerances={name: dataclasses.asdict(limits) for name, limits in per_output.items()},
+        details=artifact.metadata)
     if target.gpu and formats.get(artifact.format).tensorrt:
-        record["trtexec"] = trtexec_command(target, record)
-    return record
+        entry.trtexec = trtexec_command(target, entry)
+    return entry
 
 
-def _manifest(shared: BuildInputs, target: Target, folder: Path, records: list[dict[str, Any]],
-              failures: list[dict[str, str]], kinds: dict[str, OutputKind]) -> dict[str, Any]:
+def _manifest(shared: BuildInputs, target: Target, folder: Path, entries: list[ArtifactEntry],
+              failures: list[Failure], kinds: dict[str, OutputKind]) -> Manifest:
     recipe, source, data = shared.recipe, shared.source, shared.data
-    return {
-        "schema": package.MANIFEST_SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "description": target.description, "builtin": targets.builtin_name(target),
-                   "profile": dataclasses.asdict(target)},
-        "source_model": {"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
-                         "files": source.files},
-        "model_io": {"inputs": [s.to_dict() for s in shared.model_io[0]],
-                     "outputs": [{**s.to_dict(), "kind": kinds[s.name].to_dict()} for s in shared.model_io[1]]},
-        "preprocessing": dataclasses.asdict(recipe.preprocess) if recipe.preprocess else None,
-        "labels": recipe.labels,
-        "calibration": {"source": data.calibration.source, "samples": len(data.calibration),
-                        "random": recipe.calibration.random and recipe.calibration.data is None},
-        "warnings": data.warnings(),
-        "evaluation": {"source": data.evaluation.source, "samples": len(data.evaluation),
-                       "labeled": data.evaluation.labels is not None,
-                       "inputs": package.file_record(folder, package.PARITY_INPUTS),
-                       "reference_outputs": package.file_record(folder, package.PARITY_REFERENCE)},
-        "reference": {**shared.reference_engine, "accuracy": _reference_accuracy(shared, kinds)},
-        "pruning": shared.pruning,
-        "artifacts": records,
-        "failures": failures,
-        "recipe": recipe.to_dict(),
-        "versions": {**package.versions(), "edgekit": __version__},
-    }
+    inputs, outputs = shared.model_io
+    return Manifest(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        target=TargetRecord(target.name, target.description, targets.builtin_name(target), dataclasses.asdict(target)),
+        source_model={"reference": source.reference, "kind": source.kind, "sha256": source.sha256,
+                      "files": source.files},
+        inputs=inputs, outputs=outputs, output_kinds=kinds,
+        preprocessing=dataclasses.asdict(recipe.preprocess) if recipe.preprocess else None,
+        labels=recipe.labels,
+        calibration={"source": data.calibration.source, "samples": len(data.calibration),
+                     "random": recipe.calibration.random and recipe.calibration.data is None},
+        warnings=data.warnings(),
+        evaluation={"source": data.evaluation.source, "samples": len(data.evaluation),
+                    "labeled": data.evaluation.labels is not None},
+        parity_inputs=package.file_record(folder, package.PARITY_INPUTS),
+        parity_reference=package.file_record(folder, package.PARITY_REFERENCE),
+        reference={**shared.reference_engine, "accuracy": _reference_accuracy(shared, kinds)},
+        pruning=shared.pruning,
+        artifacts=entries,
+        failures=failures,
+        recipe=recipe.to_dict(),
+        versions={**package.versions(), "edgekit": __version__},
+    )
 
 
 def _reference_accuracy(shared: BuildInputs, kinds: dict[str, OutputKind]) -> float | None:

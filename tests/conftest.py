@@ -131,8 +131,10 @@ def one_line_error(capsys_or_text, code: int, expected_code: int = 2, *words: st
     return message
 
 
-@pytest.fixture(autouse=True)
-def no_stage_cache(monkeypatch):
-    """Every test makes its stages afresh (several patch a stage's code); tests/test_stage_cache.py turns the
-    cache on in a folder of its own."""
-    monkeypatch.setenv("EDGEKIT_STAGE_CACHE", "off")
+@pytest.fixture(scope="session", autouse=True)
+def no_stage_cache():
+    """Every test and shared build makes its stages afresh (several tests patch a stage's code, and the user's
+    own cache must not decide a result); tests/test_stage_cache.py turns the cache on in a folder of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEKIT_STAGE_CACHE", "off")
+        yield

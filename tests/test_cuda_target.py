@@ -11,6 +11,8 @@ from onnx import numpy_helper
 from conftest import read_manifest, run_cli
 from edgekit import targets
 from edgekit.gpu import gpu_status, parse_trtexec, trtexec_command
+from edgekit.manifest import ArtifactEntry, FileRecord
+from edgekit.spec import TensorSpec
 from edgekit.runners import open_runner
 
 CUDA = targets.load("cuda")
@@ -106,8 +108,9 @@ def test_jetson_profile_extends_cuda():
     jetson = targets.load("jetson-orin")
     assert jetson.quantization == CUDA.quantization and jetson.onnx == CUDA.onnx
     assert jetson.bench.runner.startswith("ssh://") and jetson.bench.arch == "arm64"
-    command = trtexec_command(jetson, {"file": "model.int8.onnx", "precision": "int8",
-                                       "inputs": [{"name": "input", "shape": [1, 3, 224, 224]}]})["command"]
+    int8 = ArtifactEntry(FileRecord("model.int8.onnx", "0" * 64, 1), "onnx", "int8",
+                         [TensorSpec("input", (1, 3, 224, 224))], [TensorSpec("output", (1, 1000))], {}, {})
+    command = trtexec_command(jetson, int8)["command"]
     assert command.startswith("/usr/src/tensorrt/bin/trtexec --onnx=model.int8.onnx")
     assert "--memPoolSize=workspace:2048M" in command
 

@@ -10,7 +10,6 @@ import pytest
 
 from edgekit import formats, package, targets
 from edgekit.bench import bench_folder
-from edgekit.check import artifact_io
 from edgekit.data import Dataset
 from edgekit.runners import open_runner, run_dataset
 from edgekit.stages import HUB, Artifact, StageContext, validate_order
@@ -57,20 +56,20 @@ def test_built_artifacts_run_in_the_host_runner_the_device_runner_and_the_layer_
     fmt = formats.get(name)
     folder = example_build / CONFORMANCE[name]
     manifest = package.read_manifest(folder)
-    entries = [e for e in manifest["artifacts"] if e["format"] == name]
+    entries = [e for e in manifest.artifacts if e.format == name]
     profile = targets.load(CONFORMANCE[name])
-    assert sorted(e["file"] for e in entries) == sorted(fmt.file(p) for p in getattr(profile, name).precisions)
-    inputs, _, reference = package.read_parity_data(folder, [s["name"] for s in manifest["model_io"]["inputs"]])
+    assert sorted(e.name for e in entries) == sorted(fmt.file(p) for p in getattr(profile, name).precisions)
+    inputs, _, reference = package.read_parity_data(folder, manifest.input_names)
     inputs = {k: v[:8] for k, v in inputs.items()}
     for entry in entries:
-        path = folder / entry["file"]
+        path = folder / entry.name
         assert formats.by_suffix(path) is fmt
-        host = run_dataset(open_runner(path, name, profile.runtime, artifact_io(entry)), inputs)
+        host = run_dataset(open_runner(path, name, profile.runtime, (entry.inputs, entry.outputs)), inputs)
         assert {k: v.shape for k, v in host.items()} == {k: v[:8].shape for k, v in reference.items()}
-        capture = fmt.capture(path, inputs, artifact_io(entry))
-        assert len(capture.tensors) >= 10, entry["file"]
+        capture = fmt.capture(path, inputs, (entry.inputs, entry.outputs))
+        assert len(capture.tensors) >= 10, entry.name
     copy = tmp_path / "build"
     shutil.copytree(folder, copy)
     records = bench_folder(copy, profile, "native", 1, 1, 1, 8)
-    on_device = [r for r in records if r["file"] in {e["file"] for e in entries}]
+    on_device = [r for r in records if r["file"] in {e.name for e in entries}]
     assert len(on_device) == len(entries) and all(r["parity"]["passed"] for r in on_device), on_device

@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 
 from edgekit.cli import main  # noqa: E402
 from edgekit.html_report import write_report  # noqa: E402
+from edgekit.manifest import Manifest  # noqa: E402
 
 EMBEDDED = re.compile(r"src='data:image/png;base64,([^']+)'")
 FIGURE_ID = re.compile(r"<figure id='fig-(\w+)'")
@@ -108,7 +109,7 @@ def assert_drawn(pixels: np.ndarray, what: str) -> None:
 
 def test_report_renders_in_chromium_without_network(build, chromium, tmp_path):
     manifest = json.loads((build / "manifest.json").read_text())
-    page = write_report(build, manifest)
+    page = write_report(build, Manifest.from_dict(manifest, "manifest.json"))
     assert any(a.get("layers") for a in manifest["artifacts"])  # the build measured per-layer SNR
     html = page.read_text()
 
@@ -151,7 +152,7 @@ def test_missing_data_reads_as_sentences_and_emulation_is_labeled(build, tmp_pat
     for artifact in bare["artifacts"]:
         artifact.pop("benchmarks", None)
         artifact.pop("layers", None)
-    html = write_report(tmp_path, bare).read_text()
+    html = write_report(tmp_path, Manifest.from_dict(bare, "bare")).read_text()
     assert FIGURE_ID.findall(html) == ["size", "accuracy"]
     assert "Latency not measured" in html and "Per-layer SNR not computed" in html
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["accuracy.png", "size.png"]
@@ -160,5 +161,5 @@ def test_missing_data_reads_as_sentences_and_emulation_is_labeled(build, tmp_pat
     for artifact in emulated["artifacts"]:
         artifact["benchmarks"] = [{**b, "runner": "qemu", "kind": "emulated", "where": "emulated arm64 (QEMU)"}
                                   for b in artifact["benchmarks"]]
-    html = write_report(tmp_path, emulated).read_text()
+    html = write_report(tmp_path, Manifest.from_dict(emulated, "emulated")).read_text()
     assert "<span class='emulated'>emulated</span>" in html and "latency" in FIGURE_ID.findall(html)

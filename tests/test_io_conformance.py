@@ -17,7 +17,6 @@ from conftest import TESTS, read_manifest, run_cli
 from edgekit import package, targets
 from edgekit.bench import _record, _run
 from edgekit.bench.hosts import NativeHost
-from edgekit.check import artifact_io
 from edgekit.runners import open_runner, run_dataset
 
 pytestmark = pytest.mark.slow  # four arm64 builds: about 90 s on 2 cores
@@ -85,14 +84,14 @@ def test_tensors_cannot_be_told_apart_by_shape(built):
 @pytest.mark.parametrize("name,file", CASES)
 def test_host_and_device_outputs_are_identical(built, name, file):
     folder = built(name)
-    manifest = read_manifest(folder)
-    entry = next(a for a in manifest["artifacts"] if a["file"] == file)
-    inputs, _, reference = package.read_parity_data(folder, [s["name"] for s in manifest["model_io"]["inputs"]])
-    target = targets.for_build(manifest["target"]["builtin"], None, str(folder))
+    manifest = package.read_manifest(folder)
+    entry = manifest.artifact(file)
+    inputs, _, reference = package.read_parity_data(folder, manifest.input_names)
+    target = targets.for_build(manifest.target.builtin, None, str(folder))
     assert target.runtime.threads == 1  # the host runner's threads; the device runner gets the same below
     path = folder / file
 
-    host = run_dataset(open_runner(path, entry["format"], target.runtime, artifact_io(entry)), inputs)
+    host = run_dataset(open_runner(path, entry.format, target.runtime, (entry.inputs, entry.outputs)), inputs)
     settings = {"runs": 1, "warmup": 1, "threads": 1, "providers": target.runtime.onnxruntime_providers}
     report, device = _run(NativeHost(), path, inputs, settings, entry)
 

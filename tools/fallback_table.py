@@ -45,7 +45,7 @@ def main() -> None:
                            held_out_inputs(plain, manifests["full INT8"], None, 64))
     print("Planted fragile layer (features.6.block.2.1, one channel x1000), 360 held-out digits\n")
     print(f"{'artifact':<20} {'full INT8 build':>16} {'with fallback':>14}")
-    accuracy = {label: {a["file"]: a["parity"]["accuracy"] for a in m["artifacts"]} for label, m in manifests.items()}
+    accuracy = {label: {a.name: a.parity["accuracy"] for a in m.artifacts} for label, m in manifests.items()}
     for name in ARTIFACTS:
         print(f"{name:<20} {accuracy['full INT8'][name]:>15.2f}% {accuracy['INT8 + float fallback'][name]:>13.2f}%")
     print()
@@ -53,7 +53,7 @@ def main() -> None:
         first = found["artifacts"][name]["first_divergence"]
         print(f"first divergence in {name:<18}: {first['reference']} (SNR {first['snr_db']:.1f} dB, "
               f"per channel {first['channel_snr_db']:.1f} dB)")
-    plan = manifests["INT8 + float fallback"]["precision_plan"]
+    plan = manifests["INT8 + float fallback"].precision_plan
     search = plan["search"]
     print(f"\nplan ({plan['how']}, {search['evaluations']} candidates scored on {search['samples']} calibration "
           f"samples, {search['seconds']['quantize'] + search['seconds']['search']:.1f} s): "

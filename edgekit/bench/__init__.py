@@ -17,25 +17,28 @@ import numpy as np
 from .. import formats, package
 from ..errors import UserError, first_line
 from ..gpu import trtexec_command
+from ..manifest import ArtifactEntry
 from ..parity import compare
-from ..check import judged_by, output_kinds
+from ..check import judged_by
 from ..targets import Target
 from .hosts import RUNNER, Host, SshHost, make_host
 
 
 def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
                  threads: int | None, samples: int | None, only: str | None = None) -> list[dict[str, Any]]:
-    """Bench every artifact of a build folder (or only the file named `only`); results go into its manifest."""
+    """Bench every artifact of a build folder (or only the file named `only`); results go into its manifest,
+    its report.html and its archive."""
+    from ..html_report import write_report  # matplotlib: only when a folder is benched
+
     manifest = package.read_manifest(folder)
     host = make_host(runner or target.bench.runner, target.bench)
-    names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
-    inputs, labels, reference = package.read_parity_data(folder, names)
+    inputs, labels, reference = package.read_parity_data(folder, manifest.input_names)
     count = min(samples or len(labels if labels is not None else next(iter(inputs.values()))),
                 len(next(iter(inputs.values()))))
     inputs = {k: v[:count] for k, v in inputs.items()}
     reference = {k: v[:count] for k, v in reference.items()}
     labels = None if labels is None else labels[:count]
-    entries = [e for e in manifest["artifacts"] if only in (None, e["file"])]
+    entries = [e for e in manifest.artifacts if only in (None, e.name)]
     if not entries:
         raise UserError(f"{folder} has no artifact named {only} in its manifest")
     settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
@@ -43,16 +46,18 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
                 "providers": target.runtime.onnxruntime_providers}
     records = []
     for entry in entries:
-        artifact = package.inside(folder, entry["file"], "artifacts[].file")
+        artifact = package.inside(folder, entry.name, "artifacts[].file")
         report, outputs = _run(host, artifact, inputs, settings, entry)
-        parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, output_kinds(manifest))
+        parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, manifest.output_kinds)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
-        if isinstance(host, SshHost) and target.gpu and formats.get(entry["format"]).tensorrt:
+        if isinstance(host, SshHost) and target.gpu and formats.get(entry.format).tensorrt:
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
-        entry["benchmarks"] = [b for b in entry.get("benchmarks", []) if b["runner"] != host.name] + [record]
-        records.append({"file": entry["file"], "host_parity": entry["parity"], **record})
-    _rewrite_manifest(folder, manifest)
+        entry.record_benchmark(record)
+        records.append({"file": entry.name, "host_parity": entry.parity, **record})
+    package.write_manifest(folder, manifest)
+    write_report(folder, manifest)
+    package.refresh_archive(folder)
     return records
 
 
@@ -76,7 +81,7 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
 
 
 def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any],
-         entry: dict[str, Any] | None = None):
+         entry: ArtifactEntry | None = None):
     """Run the device runner on `artifact`; `entry`: its manifest record, whose inputs/outputs tell the
     runner which tensor is which (without it, the artifact's own names and layout)."""
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
@@ -88,7 +93,8 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
                 "--threads", str(settings["threads"]), "--warmup", str(settings["warmup"]),
                 "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"])]
         if entry is not None:
-            (workdir / "io.json").write_text(json.dumps({k: entry[k] for k in ("inputs", "outputs")}))
+            (workdir / "io.json").write_text(json.dumps({"inputs": [s.to_dict() for s in entry.inputs],
+                                                         "outputs": [s.to_dict() for s in entry.outputs]}))
             args += ["--io", "io.json"]
         # Emulation is two to three orders of magnitude slower than native: allow for it.
         host.run(workdir, args, timeout=1800)
@@ -107,14 +113,3 @@ def _record(host: Host, report: dict[str, Any], settings: dict[str, Any], parity
             "latency_ms": report["latency_ms"], "load_ms": report["load_ms"],
             "first_run_ms": report["first_run_ms"], "adaptation_ms": report["adaptation_ms"],
             "peak_rss_mb": report["peak_rss_mb"], "parity": parity}
-
-
-def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Replace manifest.json in one step, redraw report.html, and refresh the folder's archive if it has one."""
-    from ..html_report import write_report
-
-    partial = folder / f".{package.MANIFEST}.partial"
-    package.write_json(partial, manifest)
-    partial.replace(folder / package.MANIFEST)
-    write_report(folder, manifest)
-    package.refresh_archive(folder)

@@ -13,8 +13,8 @@ import numpy as np
 
 from .. import package
 from ..errors import UserError
-from ..check import artifact_io
 from ..formats import FORMATS, get
+from ..manifest import Manifest
 from .capture import Capture, capture_onnx, capture_torch
 from .compare import compare_layers, compose, first_divergence, largest_drop
 from .mapping import map_torch_onnx, match_by_value, node_coverage
@@ -23,7 +23,7 @@ FLOAT_ONNX = FORMATS["onnx"].file("fp32")  # the hub every format's layers are m
 DEFAULT_THRESHOLD_DB = 15.0
 
 
-def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: dict[str, np.ndarray],
+def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[str, np.ndarray],
                only: str | None = None, model: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     """Rows per artifact (in network order), first divergence, largest drop, and mapping coverage.
     `model`: the PyTorch model and weights the user names for the torch reference."""
@@ -41,33 +41,34 @@ def divergence(folder: Path, manifest: dict[str, Any], reference: str, inputs: d
         coverage["onnx_nodes_to_pytorch_modules"] = node_coverage(graph, set(to_onnx.values()))
     else:
         reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
-    entries = {entry["file"]: entry for entry in manifest["artifacts"]}
+    entries = {entry.name: entry for entry in manifest.artifacts}
     through_float = {}  # format -> (its fp32 capture, hub tensor -> its tensor), for formats matched by value
     for fmt in FORMATS.values():
         floats = fmt.file("fp32")
         if not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
-            capture = fmt.capture(folder / floats, inputs, artifact_io(entries[floats]))
+            capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
             pairs = match_by_value(onnx_capture, capture).pairs
             through_float[fmt.name] = capture, pairs
             coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
     threshold = _threshold(manifest)
     results = {}
-    for entry in manifest["artifacts"]:
-        if only not in (None, entry["file"]) or (reference == "onnx" and entry["file"] == FLOAT_ONNX):
+    for entry in manifest.artifacts:
+        if only not in (None, entry.name) or (reference == "onnx" and entry.name == FLOAT_ONNX):
             continue
-        fmt = get(entry["format"])
-        path = package.inside(folder, entry["file"], "artifacts[].file")
+        fmt = get(entry.format)
+        path = package.inside(folder, entry.name, "artifacts[].file")
+        io = entry.inputs, entry.outputs
         if fmt.hub_names:
-            candidate, mapping = fmt.capture(path, inputs, artifact_io(entry)), to_onnx
+            candidate, mapping = fmt.capture(path, inputs, io), to_onnx
         elif fmt.name in through_float:
             floats, pairs = through_float[fmt.name]
-            candidate = fmt.capture(path, inputs, artifact_io(entry))
+            candidate = fmt.capture(path, inputs, io)
             mapping = compose(compose(to_onnx, pairs), align_lowerings(floats, candidate, fmt.bookkeeping_ops))
         else:
             continue  # an artifact without its format's fp32 file to map it through
         rows = compare_layers(reference_capture, candidate, mapping)
         first, drop = first_divergence(rows, threshold), largest_drop(rows)
-        results[entry["file"]] = {"rows": [r.to_dict() for r in rows],
+        results[entry.name] = {"rows": [r.to_dict() for r in rows],
                                   "first_divergence": first.to_dict() if first else None,
                                   "largest_drop": drop.to_dict() if drop else None}
     return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
@@ -90,34 +91,33 @@ def align_lowerings(reference: Capture, candidate: Capture, bookkeeping: tuple[s
     return {a: b for a, b in pairs.items() if reference.tensors[a].shape == candidate.tensors[b].shape}
 
 
-def _threshold(manifest: dict[str, Any]) -> float:
-    int8 = manifest["target"]["profile"]["tolerances"].get("int8") or {}
+def _threshold(manifest: Manifest) -> float:
+    int8 = manifest.target.profile["tolerances"].get("int8") or {}
     return int8.get("min_snr_db") or DEFAULT_THRESHOLD_DB
 
 
-def _torch_module(manifest: dict[str, Any], model: str | None, weights: str | None):
+def _torch_module(manifest: Manifest, model: str | None, weights: str | None):
     """The user's PyTorch model, loaded from what they name on the command line: a build folder may come from
     anywhere, so the model file its manifest records is never imported."""
     from ..sources import load
 
-    if manifest["source_model"]["kind"] != "torch":
+    if manifest.source_model["kind"] != "torch":
         raise UserError("--reference torch needs a PyTorch source model; this build came from ONNX: "
                         "use --reference onnx")
     if model is None:
         raise UserError("--reference torch needs the model the build was made from: add --model file.py:factory "
                         "--weights W (a build folder never names code to run)")
-    shape = manifest["model_io"]["inputs"][0]["shape"]
-    source = load(model, weights, shape)
-    if source.sha256 != manifest["source_model"]["sha256"]:
+    source = load(model, weights, list(manifest.inputs[0].shape))
+    if source.sha256 != manifest.source_model["sha256"]:
         raise UserError(f"{model} is not the model this build was made from (its digest differs from the "
                         f"manifest's source_model.sha256; a pruned build's model is only in the build): give the "
                         f"same model and weights, or use --reference onnx")
     return source.module
 
 
-def held_out_inputs(folder: Path, manifest: dict[str, Any], path: str | None, samples: int) -> dict[str, np.ndarray]:
+def held_out_inputs(folder: Path, manifest: Manifest, path: str | None, samples: int) -> dict[str, np.ndarray]:
     """The first `samples` of --inputs (an .npz keyed by input name, or 'x'), else of the build's held-out data."""
-    names = [spec["name"] for spec in manifest["model_io"]["inputs"]]
+    names = manifest.input_names
     if path is None:
         inputs = package.read_parity_data(folder, names)[0]
     else:
