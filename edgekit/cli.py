@@ -287,6 +287,8 @@ def _run_build(recipe, args: argparse.Namespace, profiles=None) -> int:
         print(summary_table(manifest["artifacts"], manifest["failures"]), file=sys.stderr)
         if manifest.get("precision_plan"):
             print(plan_line(manifest["precision_plan"]), file=sys.stderr)
+        for skipped in manifest["skipped"]:
+            print(f"{skipped['format']} not made: {skipped['reason']}", file=sys.stderr)
         for warning in manifest.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
         if result.benchmarks:

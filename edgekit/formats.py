@@ -27,7 +27,7 @@ class Format:
     precisions: tuple[str, ...]
     stages: Callable[[StageContext, list[str]], list[Stage]]  # the stages that make these precisions
     runner: Callable[[Path, Runtime, Any], Runner]  # the host runner, fed through the artifact's recorded io
-    capture: Callable[[Path, dict, Any], Any]  # every intermediate tensor, for per-layer divergence
+    capture: Callable[[Path, dict, Any], Any] | None  # every intermediate tensor, for per-layer divergence
     tensorrt: bool = False  # GPU targets get a trtexec command for its artifacts
     # Per-layer mapping: a format whose tensors keep the hub graph's names maps by name; any other is matched
     # by value through its own fp32 file, and its other files are aligned to that one op by op, with these
@@ -121,11 +121,40 @@ def _tflite_capture(path: Path, inputs: dict, io):
     return capture_tflite(path, inputs, io)
 
 
+# ---- ExecuTorch: the PyTorch model itself through torch.export, XNNPACK-delegated; INT8 by PT2E ----------
+
+def _pte_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
+    from .stages.executorch import unavailable
+
+    reason = unavailable(context.source)
+    if reason:
+        context.skipped["pte"] = reason
+        return []
+    return [Stage(f"lower to ExecuTorch ({', '.join(precisions)})", 1, "pte", tuple(precisions), (),
+                  lambda c: _pte_artifacts(c, precisions),
+                  settings=lambda c: (c.scheme.calibration, c.float_nodes, c.plan and c.plan.modules))]
+
+
+def _pte_artifacts(context: StageContext, precisions: list[str]) -> list[Artifact]:
+    from .stages.executorch import convert_pte
+
+    return convert_pte(context.source, precisions, context.calibration.inputs, context.plan,
+                       context.scheme.calibration, context.folder)
+
+
+def _pte_runner(path: Path, runtime: Runtime, io) -> Runner:
+    from .runners.executorch import ExecuTorchRunner
+
+    return ExecuTorchRunner(path, runtime.threads, io)
+
+
 FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
            tensorrt=True, hub_names=True),
     Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
            _tflite_capture, bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu")),
+    # ExecuTorch's intermediate-output tap gives wrong values on quantized programs (1.5.1): no capture yet.
+    Format("pte", ".pte", "ExecuTorch (XNNPACK)", ("fp32", "int8"), _pte_stages, _pte_runner, None),
 )}
 
 

@@ -129,6 +129,7 @@ class Manifest:
     gpu: dict[str, Any] | None = None
     precision_plan: dict[str, Any] | None = None
     layerwise: dict[str, Any] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # formats this build cannot make, and why
 
     @property
     def input_names(self) -> list[str]:
@@ -167,6 +168,7 @@ class Manifest:
             "gpu": self.gpu,
             "precision_plan": self.precision_plan,
             "layerwise": self.layerwise,
+            "skipped": self.skipped,
         }
 
     @classmethod
@@ -198,4 +200,5 @@ class Manifest:
             gpu=data.get("gpu"),
             precision_plan=data.get("precision_plan"),
             layerwise=data.get("layerwise"),
+            skipped=data.get("skipped", []),
         )

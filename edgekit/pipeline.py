@@ -21,7 +21,7 @@ from .html_report import write_report
 from .manifest import ArtifactEntry, Failure, Manifest, TargetRecord
 from .output_kinds import OutputKind
 from .parity import accuracy, classifier_output, range_problems
-from .precision_plan import PrecisionPlan, make_plan
+from .precision_plan import make_plan
 from .recipe import Recipe
 from .report import Progress
 from .runners import run_dataset
@@ -205,10 +205,10 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
 
 
 def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> tuple[list[Artifact], StageRunner, PrecisionPlan | None, dict[str, OutputKind]]:
+                    label: str) -> tuple[list[Artifact], StageRunner, StageContext, dict[str, OutputKind]]:
     """The target's artifacts, the runner that made them (the conversions that failed: a format that cannot be
     made does not stop the others, its failure is reported and fails the build; the stages that came from the
-    cache), the precision plan and the kind of each output."""
+    cache), the stages' context (the precision plan, the formats skipped) and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
     chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize) for name in target.formats}
     hub, export_step = _hub(shared, target.opset, folder, progress, label)  # every artifact is made from it
@@ -216,7 +216,8 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     scheme = target.quantization
     if recipe.calibration.method:
         scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
-    context = StageContext(hub, target, calibration, scheme, recipe.calibration.exclude_nodes, None, folder)
+    context = StageContext(hub, target, calibration, scheme, recipe.calibration.exclude_nodes, None, folder,
+                           shared.source)
     stages = [stage for name, precisions in chosen.items() for stage in formats.get(name).stages(context, precisions)]
     validate_order(stages)
     for stage in stages:
@@ -240,7 +241,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     artifacts = [artifact for stage in stages for artifact in runner.run(stage)]
     if hub not in artifacts:
         hub.path.unlink()
-    return artifacts, runner, context.plan, kinds
+    return artifacts, runner, context, kinds
 
 
 def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, label: str) -> tuple[Artifact, str]:
@@ -315,7 +316,7 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     gpu = gpu_status(target)
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
-    artifacts, runner, plan, kinds = _make_artifacts(shared, target, folder, timings, label)
+    artifacts, runner, context, kinds = _make_artifacts(shared, target, folder, timings, label)
     evaluation = shared.data.evaluation
     entries = []
     for artifact in artifacts:
@@ -324,7 +325,8 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
     manifest = _manifest(shared, target, folder, entries, runner.failures, kinds)
     manifest.gpu = gpu
-    manifest.precision_plan = plan.to_dict() if plan else None
+    manifest.precision_plan = context.plan.to_dict() if context.plan else None
+    manifest.skipped = [{"format": name, "reason": reason} for name, reason in context.skipped.items()]
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
         manifest.layerwise = _layerwise(folder, manifest)
     package.write_manifest(folder, manifest)

@@ -153,6 +153,7 @@ def divergence_table(result: dict[str, Any]) -> str:
                         if first else f" (every layer above {result['threshold_db']:.1f} dB)"))
         if drop:
             lines.append(f"  largest drop:     {drop['reference']}")
+    lines += [f"\n{file}: no per-layer numbers ({why})" for file, why in result["not_mapped"].items()]
     return "\n".join(lines)
 
 

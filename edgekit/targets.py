@@ -106,6 +106,12 @@ class TFLite:
 
 
 @dataclass(frozen=True)
+class Pte:
+    """ExecuTorch programs with the XNNPACK delegate, made from the PyTorch model (skipped for an ONNX source)."""
+    precisions: list[Literal["fp32", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
+
+
+@dataclass(frozen=True)
 class Pruning:
     channel_multiple: int = 8  # pruned channel counts stay multiples of this (SIMD width / tensor-core tile)
 
@@ -156,6 +162,7 @@ class Target:
     quantization: Quantization = field(default_factory=Quantization)
     float16: Float16 = field(default_factory=Float16)
     tflite: TFLite = field(default_factory=TFLite)
+    pte: Pte = field(default_factory=Pte)
     gpu: Gpu | None = None
     runtime: Runtime = field(default_factory=Runtime)
     bench: Bench = field(default_factory=Bench)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Run one edgekit artifact (.onnx or .tflite) on this machine: outputs for every sample, plus timings.
+"""Run one edgekit artifact (.onnx, .tflite or .pte) on this machine: outputs for every sample, plus timings.
 
 Self-contained on purpose: it needs only the standard library, numpy and the runtime it uses
-(onnxruntime, or one of ai_edge_litert / tflite_runtime / tensorflow.lite), so it can be copied
-to a phone, a board or a container and run there without edgekit.
+(onnxruntime; one of ai_edge_litert / tflite_runtime / tensorflow.lite; ExecuTorch's runtime, which
+imports torch, or the torch-free executorch_numpy_runtime), so it can be copied to a phone, a board or a
+container and run there without edgekit.
 
     python runner.py model.onnx --inputs inputs.npz --out result.npz --json result.json \
         [--io io.json] [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
@@ -198,6 +199,66 @@ class TfliteModel:
         return [from_runtime(t, e) for t, e in zip(tensors, self.output_entries)]
 
 
+# ExecuTorch's ScalarType codes of the dtypes a .pte's inputs and outputs may have.
+PTE_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.float16, 6: np.float32,
+              7: np.float64, 11: np.bool_}
+
+
+def load_executorch(threads):
+    """(Runtime, package, version, wrap inputs, unwrap outputs): ExecuTorch's own runtime (it runs on torch
+    tensors), else the torch-free executorch_numpy_runtime."""
+    try:
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+    except ImportError:
+        try:
+            import executorch_numpy_runtime as numpy_runtime
+        except ImportError:
+            raise SystemExit("no ExecuTorch runtime: pip install executorch (with torch) or executorch-numpy-runtime")
+        return (numpy_runtime.Runtime.get(), "executorch_numpy_runtime", package_version("executorch-numpy-runtime"),
+                list, list)
+    if threads:
+        # XNNPACK's threads come from one process-wide pool, sized before a method loads; no public setting.
+        portable_lib._unsafe_reset_threadpool(threads)
+    return (Runtime.get(), "executorch", package_version("executorch"),
+            lambda arrays: [torch.from_numpy(a) for a in arrays], lambda tensors: [t.numpy().copy() for t in tensors])
+
+
+class PteModel:
+    def __init__(self, path, threads, io=None):
+        """`io`: the manifest's {"inputs": [...], "outputs": [...]}: a .pte has no tensor names, its tensors
+        are the model's in forward()'s order; None: named input_<i> / output_<i>."""
+        runtime, package, version, self.wrap, self.unwrap = load_executorch(threads)
+        program = runtime.load_program(path)
+        self.method = program.load_method("forward")
+        self.input_dtypes, self.input_shapes, outputs = self._signature(program)
+        count = len(self.input_shapes)
+        self.input_names = [e["name"] for e in io["inputs"]] if io else [f"input_{i}" for i in range(count)]
+        self.output_names = [e["name"] for e in io["outputs"]] if io else [f"output_{i}" for i in range(outputs)]
+        self.batch = int(self.input_shapes[0][0]) if count and self.input_shapes[0] else None
+        self.runtime = {"name": package, "version": version, "used": "XNNPACK delegate where the program has one"}
+
+    def _signature(self, program):
+        """Input dtypes, input shapes and the number of outputs of the forward method."""
+        if not hasattr(program, "metadata"):  # executorch_numpy_runtime describes a method as a dict
+            meta = self.method.metadata
+            return ([PTE_DTYPES[e["scalar_type"]] for e in meta["inputs"]], [e["shape"] for e in meta["inputs"]],
+                    meta["num_outputs"])
+        meta = program.metadata("forward")
+        infos = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+        return [PTE_DTYPES[int(i.dtype())] for i in infos], [list(i.sizes()) for i in infos], meta.num_outputs()
+
+    def prepare(self, arrays):
+        return self.wrap([np.ascontiguousarray(a, dtype=d) for a, d in zip(arrays, self.input_dtypes)])
+
+    def invoke(self, tensors):
+        return self.method.execute(tensors) if hasattr(self.method, "execute") else self.method(tensors)
+
+    def finish(self, tensors):
+        return [np.asarray(y, dtype=np.float32) for y in self.unwrap(tensors)]
+
+
 def match_inputs(names, data):
     """Arrays of the npz in model-input order, by name (a lone input may take a lone array of any name)."""
     if all(name in data.files for name in names):
@@ -278,8 +339,10 @@ def main(argv=None):
         model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
     elif suffix == ".tflite":
         model, load_ms = timed(TfliteModel, args.model, args.threads, io)
+    elif suffix == ".pte":
+        model, load_ms = timed(PteModel, args.model, args.threads, io)
     else:
-        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx or .tflite")
+        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx, .tflite or .pte")
 
     with np.load(args.inputs) as data:
         arrays = match_inputs(model.input_names, data)

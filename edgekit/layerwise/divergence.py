@@ -45,17 +45,20 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
     through_float = {}  # format -> (its fp32 capture, hub tensor -> its tensor), for formats matched by value
     for fmt in FORMATS.values():
         floats = fmt.file("fp32")
-        if not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
+        if fmt.capture and not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
             capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
             pairs = match_by_value(onnx_capture, capture).pairs
             through_float[fmt.name] = capture, pairs
             coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
     threshold = _threshold(manifest)
-    results = {}
+    results, not_mapped = {}, {}
     for entry in manifest.artifacts:
         if only not in (None, entry.name) or (reference == "onnx" and entry.name == FLOAT_ONNX):
             continue
         fmt = get(entry.format)
+        if fmt.capture is None:
+            not_mapped[entry.name] = f"{fmt.label} has no per-layer capture in edgekit yet"
+            continue
         path = package.inside(folder, entry.name, "artifacts[].file")
         io = entry.inputs, entry.outputs
         if fmt.hub_names:
@@ -72,7 +75,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
                                   "first_divergence": first.to_dict() if first else None,
                                   "largest_drop": drop.to_dict() if drop else None}
     return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
-            "coverage": coverage, "artifacts": results}
+            "coverage": coverage, "artifacts": results, "not_mapped": not_mapped}
 
 
 def align_lowerings(reference: Capture, candidate: Capture, bookkeeping: tuple[str, ...]) -> dict[str, str]:

@@ -8,20 +8,17 @@ and every runner, here and on the device, feeds the tensors through the same ada
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 import re
-import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..device import runner as adapter
 from ..spec import TensorSpec
-from .base import Runner
+from .base import Runner, silenced
 
 # (module, attribute path, distribution) in order of preference: the same Interpreter class in all three.
 INTERPRETERS = [("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
@@ -224,27 +221,6 @@ def layout_name(rank: int, channel_last: bool) -> str | None:
     if spatial is None:
         return None
     return f"N{spatial}C" if channel_last else f"NC{spatial}"
-
-
-@contextlib.contextmanager
-def silenced(log: Path | None = None) -> Iterator[None]:
-    """Send stdout and stderr, Python's and native code's (TensorFlow, LiteRT), to `log` or nowhere."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log or os.devnull, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _interpreter_class():

@@ -8,7 +8,7 @@ every stage under one failure policy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,6 +18,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..data import Dataset
     from ..precision_plan import PrecisionPlan
+    from ..sources import SourceModel
     from ..targets import Quantization, Target
 
 HUB = "onnx:fp32"  # the float ONNX every other artifact is made from; exported before any stage runs
@@ -33,6 +34,8 @@ class StageContext:
     excluded_nodes: list[str]  # ONNX nodes the user keeps float
     plan: PrecisionPlan | None  # layers every INT8 artifact keeps float
     folder: Path
+    source: SourceModel  # the (pruned) model: formats made from PyTorch itself read it
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why this build cannot make it
 
     @property
     def float_nodes(self) -> list[str]:
