@@ -53,7 +53,18 @@ ARTIFACT_COLUMNS = [
     Column("top-1 agree", lambda record, worst: _number(worst.get("top1_agreement"), "{:.1%}"), "number"),
     Column("accuracy", lambda record, worst: _number(record["parity"].get("accuracy"), "{:.2f}%"), "number"),
     Column("verified on", lambda record, worst: record.get("verified_on", "-"), terminal=False),
+    Column("accelerated", lambda record, worst: delegation_text(record) or "-", terminal=False),
 ]
+
+
+def delegation_text(record: dict[str, Any]) -> str | None:
+    """What the delegate took of an artifact and what stayed on portable kernels, where the build recorded it."""
+    delegation = record.get("details", {}).get("delegation")
+    if not delegation:
+        return None
+    left = ", ".join(f"{op} x{count}" for op, count in delegation["portable_ops"].items()) or "none"
+    return (f"{delegation['delegate']} took {delegation['delegated_nodes']} nodes in {delegation['subgraphs']} "
+            f"subgraph{'s' * (delegation['subgraphs'] != 1)}; on portable kernels: {left}")
 
 
 def artifact_rows(artifacts: list[dict[str, Any]], terminal: bool = True) -> tuple[list[Column], list[list[str]]]:
@@ -74,7 +85,8 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     problems = [f"  {r['file']}: {problem}" for r in artifacts
                 for problem in r["parity"].get("failures", []) + r["parity"].get("hints", [])]
     problems += [f"  {f['stage']} FAILED: {f['error']}" for f in failures]
-    return "\n".join(lines + problems)
+    delegated = [f"  {r['file']}: {delegation_text(r)}" for r in artifacts if delegation_text(r)]
+    return "\n".join(lines + problems + delegated)
 
 
 def verdict(passed: bool | None) -> str:

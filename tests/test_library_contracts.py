@@ -121,3 +121,35 @@ def test_torch_pruning_round_to_is_still_the_hook_edgekit_overrides():
     assert inspect.signature(base) == inspect.signature(ours), \
         f"{where} now takes {inspect.signature(base)}, edgekit's override {inspect.signature(ours)}"
     assert "self._round_to(" in inspect.getsource(tp.pruner.BasePruner), f"{where} is no longer called"
+
+
+def test_executorch_threadpool_reset_sets_the_threads_the_device_runner_asks_for():
+    """XNNPACK's threads come from ExecuTorch's process-wide pool, sized only through a private call
+    (edgekit/device/runner.py `load_executorch`)."""
+    pytest.importorskip("executorch")
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(1)
+    assert portable_lib._threadpool_get_thread_count() == 1, version("executorch")
+
+
+def test_executorch_lowered_programs_keep_the_module_path_of_each_layer():
+    """The INT8 program's float layers are proven by reading the lowered XNNPACK subgraphs back (their
+    `original_module`) and each layer's `nn_module_stack` (edgekit/stages/executorch.py `layer_precisions`)."""
+    pytest.importorskip("executorch")
+    import torch
+
+    from edgekit.sources import SourceModel
+    from edgekit.spec import TensorSpec
+    from edgekit.stages.executorch import _export, _export_quantized, layer_precisions
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    source = SourceModel("torch", "two convolutions", "0" * 64, [TensorSpec("input", (1, 3, 8, 8))],
+                         [TensorSpec("output", (1, 4, 4, 4))], module=model)
+    example = (torch.zeros(1, 3, 8, 8),)
+    calibration = {"input": np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)}
+    program = _export_quantized(_export(source, example), example, source, calibration, ["2"], "minmax")
+    graph = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program().graph_module
+    assert layer_precisions(graph) == {"0": "int8", "2": "fp32"}, version("executorch")
