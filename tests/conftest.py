@@ -34,10 +34,20 @@ def read_manifest(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def example_build(tmp_path_factory) -> Path:
+def shared_stage_cache(tmp_path_factory) -> Path:
+    """A stage cache for the shared builds (as a user's default is on): targets of one build, and builds of one
+    model for two targets, make an identical stage once (the ExecuTorch programs are the same for arm64 and
+    x86_64). Tests of the cache itself use their own."""
+    return tmp_path_factory.mktemp("stage-cache")
+
+
+@pytest.fixture(scope="session")
+def example_build(tmp_path_factory, shared_stage_cache) -> Path:
     """The bundled example built once for both targets (what `edgekit build` does with no model)."""
     out = tmp_path_factory.mktemp("example")
-    assert run_cli("build", "--target", "arm64,x86_64", "--out", out, "--quiet") == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
+        assert run_cli("build", "--target", "arm64,x86_64", "--out", out, "--quiet") == 0
     return out
 
 

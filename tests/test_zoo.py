@@ -42,7 +42,7 @@ def _data(family: zoo.Family, folder, count: int, seed: int, name: str):
 
 
 @pytest.fixture(scope="module")
-def zoo_builds(tmp_path_factory):
+def zoo_builds(tmp_path_factory, shared_stage_cache):
     """Each family built for arm64 and x86_64 once, on first use: {(family, target): (exit code, folder)}."""
     built = {}
 
@@ -53,8 +53,10 @@ def zoo_builds(tmp_path_factory):
             calib = _data(family, folder, CALIB_SAMPLES, 0, "calib")
             evaluation = _data(family, folder, EVAL_SAMPLES, 1, "eval")
             rescue = ["--float-fallback", "auto"] if name in RESCUED else []
-            code = run_cli("build", family.source(folder), "--calib", calib, "--eval", evaluation, *rescue,
-                           "--target", target, "--out", folder / "out", "--quiet", "--keep-going")
+            with pytest.MonkeyPatch.context() as patch:  # the x86_64 build reuses the arm64 build's programs
+                patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
+                code = run_cli("build", family.source(folder), "--calib", calib, "--eval", evaluation, *rescue,
+                               "--target", target, "--out", folder / "out", "--quiet", "--keep-going")
             built[name, target] = code, folder / "out" / target
         return built[name, target]
 

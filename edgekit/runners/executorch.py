@@ -2,18 +2,22 @@
 on a device. A .pte has no tensor names: its inputs and outputs are the model's, in forward()'s order."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..device.runner import PteModel
+from ..errors import UserError
 from ..spec import TensorSpec
 from .base import Runner, silenced
 
 
 class ExecuTorchRunner(Runner):
     def __init__(self, path: Path, threads: int = 1, io: tuple[list[TensorSpec], list[TensorSpec]] | None = None):
+        if not any(importlib.util.find_spec(name) for name in ("executorch", "executorch_numpy_runtime")):
+            raise UserError(f"running {path.name} needs ExecuTorch's runtime: pip install 'edgekit[pte]' (with torch)")
         entries = io and {"inputs": [s.to_dict() for s in io[0]], "outputs": [s.to_dict() for s in io[1]]}
         with silenced():  # the runtime reports its CPU probing on the native stderr
             self.model = PteModel(str(path), threads, entries)

@@ -55,15 +55,13 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
         program = _export(source, example)
         artifacts = []
         for precision in precisions:
-            quantized = precision == "int8"
-            if quantized:
-                program = _export_quantized(program, example, source, calibration, float_modules, observer)
-            artifacts.append(_lower(program, precision, folder, source, float_modules if quantized else [],
-                                    observer if quantized else None))
-    if unmapped and "int8" in precisions:
-        int8 = next(artifact for artifact in artifacts if artifact.precision == "int8")
-        int8.metadata["float_layers"]["not_kept"] = {
-            "onnx_nodes": unmapped, "why": "no PyTorch module computes them (graph-level operations): quantized"}
+            if precision == "int8":
+                quantized = _export_quantized(program, example, source, calibration, float_modules, observer)
+                artifact, layers = _lower(quantized, precision, folder, source)
+                artifact.metadata.update(_int8_details(layers, float_modules, unmapped, observer))
+            else:
+                artifact, _ = _lower(program, precision, folder, source)
+            artifacts.append(artifact)
     return artifacts
 
 
@@ -119,8 +117,9 @@ def _config(config, observer: str):
     return dataclasses.replace(config, input_activation=activation, output_activation=activation)
 
 
-def _lower(program, precision: str, folder: Path, source: SourceModel, float_modules: list[str],
-           observer: str | None) -> Artifact:
+def _lower(program, precision: str, folder: Path, source: SourceModel) -> tuple[Artifact, dict[str, str]]:
+    """The program lowered to XNNPACK and written as model.<precision>.pte, with its delegation report; and the
+    precision of each of its convolution and linear layers."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -134,19 +133,31 @@ def _lower(program, precision: str, folder: Path, source: SourceModel, float_mod
         raise UserError(f"ExecuTorch could not lower the {precision} program of {source.reference}: "
                         f"{first_line(err)[:300]}") from None
     graph = edge.exported_program().graph_module
-    details: dict[str, Any] = {"made_by": f"executorch {_version()} (torch.export, XNNPACK partitioner)",
-                               "method": "forward", "runtime": f"executorch {_version()}",
-                               "delegation": delegation(graph)}
-    if precision == "int8":
-        layers = layer_precisions(graph)
-        details["scheme"] = {"quantizer": "XNNPACKQuantizer (PT2E static)",
-                             "weights": "int8 symmetric per output channel", "activations": "int8 per tensor",
-                             "observer": "min/max" if observer == "minmax" else "histogram"}
-        details["layers"] = {"int8": sum(p == "int8" for p in layers.values()),
-                             "fp32": sum(p == "fp32" for p in layers.values())}
-        details["float_layers"] = _kept_float(layers, float_modules)
+    details = {"made_by": f"executorch {_version()} (torch.export, XNNPACK partitioner)", "method": "forward",
+               "runtime": f"executorch {_version()}", "delegation": delegation(graph)}
     # A .pte has no tensor names: its inputs and outputs are the model's, in forward()'s order.
-    return Artifact(path, "pte", precision, details, (list(source.inputs), list(source.outputs)))
+    io = list(source.inputs), list(source.outputs)
+    return Artifact(path, "pte", precision, details, io), layer_precisions(graph)
+
+
+def _int8_details(layers: dict[str, str], float_modules: list[str], unmapped: list[str],
+                  observer: str) -> dict[str, Any]:
+    """The INT8 program's scheme, its layer counts by precision, and the plan's layers proven float in it."""
+    kept: dict[str, Any] = {"modules": float_modules, "layers": {}}
+    for module in float_modules:
+        under = {name: p for name, p in layers.items() if name == module or name.startswith(f"{module}.")}
+        quantized = sorted(name for name, p in under.items() if p != "fp32")
+        if quantized:
+            raise UserError(f"the INT8 .pte quantized {', '.join(quantized)}, which the precision plan keeps float")
+        kept["layers"][module] = sorted(under)
+    if unmapped:
+        kept["not_kept"] = {"onnx_nodes": unmapped,
+                            "why": "no PyTorch module computes them (graph-level operations): quantized"}
+    return {"scheme": {"quantizer": "XNNPACKQuantizer (PT2E static)", "weights": "int8 symmetric per output channel",
+                       "activations": "int8 per tensor", "observer": "min/max" if observer == "minmax" else "histogram"},
+            "layers": {"int8": sum(p == "int8" for p in layers.values()),
+                       "fp32": sum(p == "fp32" for p in layers.values())},
+            "float_layers": kept}
 
 
 def delegation(graph) -> dict[str, Any]:
@@ -181,18 +192,6 @@ def layer_precisions(graph) -> dict[str, str]:
         if node.op == "get_attr" and node.name.startswith("lowered_module"):
             walk(getattr(graph, node.target).original_module.graph_module)
     return found
-
-
-def _kept_float(layers: dict[str, str], float_modules: list[str]) -> dict[str, Any]:
-    """The plan's modules and the layers under them, each proven float in the lowered program."""
-    kept = {}
-    for module in float_modules:
-        under = {name: p for name, p in layers.items() if name == module or name.startswith(f"{module}.")}
-        quantized = sorted(name for name, p in under.items() if p != "fp32")
-        if quantized:
-            raise UserError(f"the INT8 .pte quantized {', '.join(quantized)}, which the precision plan keeps float")
-        kept[module] = sorted(under)
-    return {"modules": float_modules, "layers": kept}
 
 
 def _version() -> str:
