@@ -210,7 +210,8 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     made does not stop the others, its failure is reported and fails the build; the stages that came from the
     cache), the stages' context (the precision plan, the formats skipped) and the kind of each output."""
     recipe, calibration = shared.recipe, shared.data.calibration
-    chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize) for name in target.formats}
+    chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize, formats.get(name).precisions)
+              for name in target.formats}
     hub, export_step = _hub(shared, target.opset, folder, progress, label)  # every artifact is made from it
     kinds = {name: OutputKind.from_dict(data) for name, data in hub.metadata["output_kinds"].items()}
     scheme = target.quantization
@@ -301,11 +302,12 @@ class StageRunner:
         return made
 
 
-def chosen_precisions(listed: list[str], quantize: str | None) -> list[str]:
-    """A format's precisions: the profile's list, or fp32 plus the one `--quantize` names."""
+def chosen_precisions(listed: list[str], quantize: str | None, made: tuple[str, ...]) -> list[str]:
+    """A format's precisions: the profile's list, or fp32 plus the one `--quantize` names where the format
+    makes it (`made`: ExecuTorch programs have no fp16)."""
     if quantize is None:
         return list(listed)
-    return ["fp32"] + ([quantize] if quantize != "none" else [])
+    return ["fp32"] + ([quantize] if quantize != "none" and quantize in made else [])
 
 
 def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: Progress) -> tuple[str, list[str]]:

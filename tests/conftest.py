@@ -36,18 +36,18 @@ def read_manifest(folder: Path) -> dict:
 @pytest.fixture(scope="session")
 def shared_stage_cache(tmp_path_factory) -> Path:
     """A stage cache for the shared builds (as a user's default is on): targets of one build, and builds of one
-    model for two targets, make an identical stage once (the ExecuTorch programs are the same for arm64 and
-    x86_64). Tests of the cache itself use their own."""
+    model for two targets, make an identical stage once (arm64-pte's ONNX and TFLite files are arm64's).
+    Tests of the cache itself use their own."""
     return tmp_path_factory.mktemp("stage-cache")
 
 
 @pytest.fixture(scope="session")
 def example_build(tmp_path_factory, shared_stage_cache) -> Path:
-    """The bundled example built once for both targets (what `edgekit build` does with no model)."""
+    """The bundled example built once for arm64, x86_64 and arm64-pte (what `edgekit build` does with no model)."""
     out = tmp_path_factory.mktemp("example")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
-        assert run_cli("build", "--target", "arm64,x86_64", "--out", out, "--quiet") == 0
+        assert run_cli("build", "--target", "arm64,x86_64,arm64-pte", "--out", out, "--quiet") == 0
     return out
 
 

@@ -15,7 +15,7 @@ from edgekit.runners import open_runner, run_dataset
 from edgekit.stages import HUB, Artifact, StageContext, validate_order
 
 # The built-in profile whose example build ships each format's artifacts.
-CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64"}
+CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64-pte"}
 
 
 def test_every_registered_format_has_a_conformance_entry():

@@ -21,14 +21,14 @@ from edgekit.runners import open_runner, run_dataset
 
 pytestmark = pytest.mark.slow  # four arm64 builds: about 90 s on 2 cores
 
-TFLITE = ["model.fp32.tflite", "model.fp16.tflite", "model.dynamic_int8.tflite", "model.int8.tflite"]
-ALL = ["model.fp32.onnx", "model.int8.onnx", *TFLITE, "model.fp32.pte", "model.int8.pte"]
+ALL = ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.fp16.tflite", "model.dynamic_int8.tflite",
+       "model.int8.tflite"]
 MODELS = {  # model -> the artifacts of its arm64 build
     "same_size_io": ALL,  # image (1,8,8,8) + sequence (1,8,8) -> (1,8,8,8), (1,8,8), (1,4): tests/io_models.py
     "face_detector": ALL,  # (1,3,64,64) -> scores (1,160), boxes (1,160,4), landmarks (1,160,10)
     "two_input": ALL,  # image (1,3,32,32) + vector (1,8) -> logits (1,10)
     # BiLSTM, (1,1,32,128) -> (1,32,37); TensorFlow's calibrator crashes on it: no int8.tflite (test_zoo KNOWN_LIMITS)
-    "text_recognizer_lstm": [f for f in ALL if f != "model.int8.tflite"],
+    "text_recognizer_lstm": ALL[:-1],
 }
 CASES = [(name, file) for name, files in MODELS.items() for file in files]
 

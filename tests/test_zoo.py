@@ -20,10 +20,9 @@ pytestmark = pytest.mark.slow
 # 256 calibration samples (the first 128 calibrate, as by default); 200 labeled held-out samples: one flipped
 # sample moves accuracy by 0.5 points, within the 1-point budget.
 CALIB_SAMPLES, EVAL_SAMPLES = 256, 200
-PTE = ["model.fp32.pte", "model.int8.pte"]  # made from PyTorch: not for the ONNX families
 ARTIFACTS = {"arm64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.fp16.tflite",
-                       "model.dynamic_int8.tflite", "model.int8.tflite", *PTE],
-             "x86_64": ["model.fp32.onnx", "model.int8.onnx", *PTE]}
+                       "model.dynamic_int8.tflite", "model.int8.tflite"],
+             "x86_64": ["model.fp32.onnx", "model.int8.onnx"]}
 # Families whose full INT8 misses the gate (per-position top-1 agreement 0.91-0.93): built as a user would
 # then build them, with `--float-fallback auto` (some layers stay float; dynamic-range TFLite is left out).
 RESCUED = {"text_recognizer", "text_recognizer_lstm"}
@@ -42,7 +41,7 @@ def _data(family: zoo.Family, folder, count: int, seed: int, name: str):
 
 
 @pytest.fixture(scope="module")
-def zoo_builds(tmp_path_factory, shared_stage_cache):
+def zoo_builds(tmp_path_factory):
     """Each family built for arm64 and x86_64 once, on first use: {(family, target): (exit code, folder)}."""
     built = {}
 
@@ -53,10 +52,8 @@ def zoo_builds(tmp_path_factory, shared_stage_cache):
             calib = _data(family, folder, CALIB_SAMPLES, 0, "calib")
             evaluation = _data(family, folder, EVAL_SAMPLES, 1, "eval")
             rescue = ["--float-fallback", "auto"] if name in RESCUED else []
-            with pytest.MonkeyPatch.context() as patch:  # the x86_64 build reuses the arm64 build's programs
-                patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
-                code = run_cli("build", family.source(folder), "--calib", calib, "--eval", evaluation, *rescue,
-                               "--target", target, "--out", folder / "out", "--quiet", "--keep-going")
+            code = run_cli("build", family.source(folder), "--calib", calib, "--eval", evaluation, *rescue,
+                           "--target", target, "--out", folder / "out", "--quiet", "--keep-going")
             built[name, target] = code, folder / "out" / target
         return built[name, target]
 
@@ -65,8 +62,6 @@ def zoo_builds(tmp_path_factory, shared_stage_cache):
 
 def _expected_files(name: str, target: str) -> list[str]:
     files = ARTIFACTS[target]
-    if zoo.FAMILIES[name].factory is None:
-        files = [f for f in files if f not in PTE]
     if name in RESCUED:  # dynamic-range quantization cannot keep layers float
         files = [f for f in files if f != "model.dynamic_int8.tflite"]
     if "failure" in KNOWN_LIMITS.get((name, target), {}):  # the full-integer TFLite could not be made

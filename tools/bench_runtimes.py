@@ -1,6 +1,6 @@
 """Latency of one MobileNetV2-sized model across runtimes and precisions at 1 thread, as a table.
 
-PyTorch eager (fp32) against ONNX Runtime fp32/INT8 and LiteRT fp32/INT8, all built by `edgekit build`
+PyTorch eager (fp32) against ONNX Runtime, LiteRT and ExecuTorch fp32/INT8, all built by `edgekit build`
 and timed natively by edgekit's device runner. Figures hold for this machine's CPU only (printed with
 its ISA features): INT8 speed-ups differ from CPU to CPU, so measure on the target before choosing.
 
@@ -21,10 +21,10 @@ from edgekit.bench import bench_folder
 from edgekit.device.runner import machine_info
 from edgekit.example.model import make_mobilenet_v2
 from edgekit.pipeline import build
-from edgekit.report import Progress
+from edgekit.report import Progress, delegation_text, human_size, verdict
 
 PROFILE = """extends: arm64
-description: arm64 ONNX + TFLite fp32/INT8, INT8 judged without top-1 (random weights)
+description: arm64 ONNX + TFLite + ExecuTorch fp32/INT8, INT8 judged without top-1 (random weights)
 tflite: {precisions: [fp32, int8]}
 tolerances: {int8: {min_top1_agreement: null, min_cosine: 0.99}}
 """
@@ -60,7 +60,7 @@ def main() -> None:
     eager = torch_eager(args.runs, args.warmup)
     rows = [("PyTorch eager", "fp32", float(np.percentile(eager, 50)), float(np.percentile(eager, 90)),
              float(eager.mean()))]
-    names = {"onnxruntime": "ONNX Runtime", "ai_edge_litert": "LiteRT"}
+    names = {"onnxruntime": "ONNX Runtime", "ai_edge_litert": "LiteRT", "executorch": "ExecuTorch"}
     for record in records:
         latency = record["latency_ms"]
         runtime = names.get(record["runtime"]["name"], record["runtime"]["name"])
@@ -78,6 +78,11 @@ def main() -> None:
         print(f"{runtime:<44} {precision:<9} {p50:8.2f} {p90:8.2f} {mean:8.2f} {base / p50:8.2f}x "
               f"{fp32_of[runtime] / p50:7.2f}x")
     print("\nvs eager: PyTorch eager p50 / this p50 (higher is faster); vs fp32: the same runtime's fp32 p50 / this.")
+    print(f"\n{'artifact':<20} {'size':>9} {'host parity':<11} {'min cosine':>10}  accelerated")
+    for entry in result.manifest.artifacts:
+        cosine = min(o["cosine"] for o in entry.parity["outputs"].values())
+        print(f"{entry.name:<20} {human_size(entry.file.bytes):>9} {verdict(entry.parity['passed']):<11} "
+              f"{cosine:10.6f}  {delegation_text(entry.to_dict()) or entry.runtime.get('delegate') or entry.runtime.get('provider')}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
     if importlib.util.find_spec("executorch") is None:
         raise UserError(f"ExecuTorch programs need the executorch package: {INSTALL}")
     example = tuple(torch.zeros(spec.shape) for spec in source.inputs)
-    float_modules = sorted({plan.modules[node] for node in plan.float_nodes if node in plan.modules}) if plan else []
+    named = {plan.modules[node] for node in plan.float_nodes if node in plan.modules} if plan else set()
+    float_modules = sorted({_weighted_block(source.module, name) for name in named})
     unmapped = [node for node in plan.float_nodes if node not in plan.modules] if plan else []
     with _quiet():
         program = _export(source, example)
@@ -63,6 +64,22 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
                 artifact, _ = _lower(program, precision, folder, source)
             artifacts.append(artifact)
     return artifacts
+
+
+def _weighted_block(module, name: str) -> str:
+    """`name`, or its closest parent holding a convolution or linear layer. The plan maps an ONNX Conv with
+    its BatchNorm folded in to the BatchNorm module (whose output it equals); the quantizer quantizes that
+    output with the convolution, so keeping it float means keeping the block that holds both float."""
+    import torch
+
+    if not hasattr(module, "named_modules"):  # a torch.export program: module paths as recorded
+        return name
+    modules = dict(module.named_modules())
+    weighted = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    while name and not any(isinstance(m, weighted) for path, m in modules.items()
+                           if path == name or path.startswith(f"{name}.")):
+        name = name.rpartition(".")[0]
+    return name
 
 
 def _export(source: SourceModel, example: tuple):
