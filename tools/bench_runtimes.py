@@ -23,7 +23,7 @@ from edgekit.example.model import make_mobilenet_v2
 from edgekit.pipeline import build
 from edgekit.report import Progress, delegation_text, human_size, verdict
 
-PROFILE = """extends: arm64
+PROFILE = """extends: arm64-pte
 description: arm64 ONNX + TFLite + ExecuTorch fp32/INT8, INT8 judged without top-1 (random weights)
 tflite: {precisions: [fp32, int8]}
 tolerances: {int8: {min_top1_agreement: null, min_cosine: 0.99}}
