@@ -49,9 +49,10 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
     if importlib.util.find_spec("executorch") is None:
         raise UserError(f"ExecuTorch programs need the executorch package: {INSTALL}")
     example = tuple(torch.zeros(spec.shape) for spec in source.inputs)
-    named = {plan.modules[node] for node in plan.float_nodes if node in plan.modules} if plan else set()
-    float_modules = sorted({_weighted_block(source.module, name) for name in named})
-    unmapped = [node for node in plan.float_nodes if node not in plan.modules] if plan else []
+    blocks = {node: plan.modules.get(node) and _weighted_block(source.module, plan.modules[node])
+              for node in plan.float_nodes} if plan else {}
+    float_modules = sorted({block for block in blocks.values() if block})
+    unmapped = [node for node, block in blocks.items() if not block]
     with _quiet():
         program = _export(source, example)
         artifacts = []
@@ -66,10 +67,11 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
     return artifacts
 
 
-def _weighted_block(module, name: str) -> str:
-    """`name`, or its closest parent holding a convolution or linear layer. The plan maps an ONNX Conv with
-    its BatchNorm folded in to the BatchNorm module (whose output it equals); the quantizer quantizes that
-    output with the convolution, so keeping it float means keeping the block that holds both float."""
+def _weighted_block(module, name: str) -> str | None:
+    """`name`, or its closest parent holding a convolution or linear layer; None where that is the whole model
+    (an "INT8" program kept float throughout is not one). The plan maps an ONNX Conv with its BatchNorm
+    folded in to the BatchNorm module (whose output it equals); the quantizer quantizes that output with the
+    convolution, so keeping it float means keeping the block that holds both float."""
     import torch
 
     if not hasattr(module, "named_modules"):  # a torch.export program: module paths as recorded
@@ -79,7 +81,7 @@ def _weighted_block(module, name: str) -> str:
     while name and not any(isinstance(m, weighted) for path, m in modules.items()
                            if path == name or path.startswith(f"{name}.")):
         name = name.rpartition(".")[0]
-    return name
+    return name or None
 
 
 def _export(source: SourceModel, example: tuple):
@@ -169,7 +171,8 @@ def _int8_details(layers: dict[str, str], float_modules: list[str], unmapped: li
         kept["layers"][module] = sorted(under)
     if unmapped:
         kept["not_kept"] = {"onnx_nodes": unmapped,
-                            "why": "no PyTorch module computes them (graph-level operations): quantized"}
+                            "why": "no PyTorch module short of the whole model computes them (graph-level "
+                                   "operations): quantized"}
     return {"scheme": {"quantizer": "XNNPACKQuantizer (PT2E static)", "weights": "int8 symmetric per output channel",
                        "activations": "int8 per tensor", "observer": "min/max" if observer == "minmax" else "histogram"},
             "layers": {"int8": sum(p == "int8" for p in layers.values()),
