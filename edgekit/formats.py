@@ -130,7 +130,7 @@ def _pte_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
     if reason:
         context.skipped["pte"] = reason
         return []
-    return [Stage(f"lower to ExecuTorch ({', '.join(precisions)})", 1, "pte", tuple(precisions), (),
+    return [Stage(f"lower to ExecuTorch ({', '.join(precisions)})", 2, "pte", tuple(precisions), (),
                   lambda c: _pte_artifacts(c, precisions),
                   settings=lambda c: (c.scheme.calibration, c.float_nodes, c.plan and c.plan.modules))]
 

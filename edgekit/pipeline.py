@@ -389,7 +389,7 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
          "hints": range_problems(shared.reference, checked.outputs, artifact.precision)},
         runtime=checked.runtime, verified_on=verified_on(checked.runtime, artifact.precision, gpu),
         output_tolerances={name: dataclasses.asdict(limits) for name, limits in per_output.items()},
-        details=artifact.metadata)
+        details={**artifact.metadata, **({"delegation": checked.delegation} if checked.delegation else {})})
     if target.gpu and formats.get(artifact.format).tensorrt:
         entry.trtexec = trtexec_command(target, entry)
     return entry

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
+from .device import runner as device_runner
+
 
 class Progress:
     """Prints each step as it starts and ends (on stderr) and keeps the timings for report.json."""
@@ -58,13 +60,9 @@ ARTIFACT_COLUMNS = [
 
 
 def delegation_text(record: dict[str, Any]) -> str | None:
-    """What the delegate took of an artifact and what stayed on portable kernels, where the build recorded it."""
+    """What the delegate or execution provider took of an artifact and what it left, where the build recorded it."""
     delegation = record.get("details", {}).get("delegation")
-    if not delegation:
-        return None
-    left = ", ".join(f"{op} x{count}" for op, count in delegation["portable_ops"].items()) or "none"
-    return (f"{delegation['delegate']} took {delegation['delegated_nodes']} nodes in {delegation['subgraphs']} "
-            f"subgraph{'s' * (delegation['subgraphs'] != 1)}; on portable kernels: {left}")
+    return device_runner.delegation_text(delegation) if delegation else None
 
 
 def artifact_rows(artifacts: list[dict[str, Any]], terminal: bool = True) -> tuple[list[Column], list[list[str]]]:

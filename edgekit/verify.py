@@ -24,6 +24,7 @@ class Verification:
     runtime: dict[str, Any] = field(default_factory=dict)  # what actually ran it
     inputs: list[TensorSpec] = field(default_factory=list)  # the artifact's I/O as its runtime sees it
     outputs: list[TensorSpec] = field(default_factory=list)
+    delegation: dict[str, Any] | None = None  # what its delegate or execution provider took (Runner.delegation)
 
 
 def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[TensorSpec], list[TensorSpec]] | None,
@@ -37,4 +38,4 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
         detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
     return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
-                        runner.outputs)
+                        runner.outputs, runner.delegation())

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import read_manifest, run_cli
 
-INT8_ARTIFACTS = ["model.int8.onnx", "model.int8.tflite"]
+# (the example build's folder, file): one INT8 artifact per runtime; the arm64 image and root filesystem run
+# the .pte on the torch-free executorch_numpy_runtime.
+INT8_ARTIFACTS = [("arm64", "model.int8.onnx"), ("arm64", "model.int8.tflite"), ("arm64-pte", "model.int8.pte")]
 
 
 def bench_json(capsys, *args) -> tuple[int, list[dict]]:
@@ -87,11 +89,11 @@ def test_bench_of_a_missing_path(tmp_path, capsys):
 @pytest.mark.parametrize("runner", ["qemu", "docker"])
 def test_int8_artifacts_on_emulated_arm64(example_build, tmp_path, capsys, runner, request):
     request.getfixturevalue("arm64_python" if runner == "qemu" else "arm64_image")
-    folder = tmp_path / "arm64"
-    shutil.copytree(example_build / "arm64", folder)
-    for name in INT8_ARTIFACTS:
-        code, (record,) = bench_json(capsys, folder / name, "--runner", runner, "--samples", "48", "--runs", "10",
-                                     "--warmup", "2")
+    for target in {target for target, _ in INT8_ARTIFACTS}:
+        shutil.copytree(example_build / target, tmp_path / target)  # bench records its numbers in the manifest
+    for target, name in INT8_ARTIFACTS:
+        code, (record,) = bench_json(capsys, tmp_path / target / name, "--runner", runner, "--samples", "48",
+                                     "--runs", "10", "--warmup", "2")
         assert code == 0, record["parity"]
         assert record["kind"] == "emulated" and "emulated arm64" in record["where"]
         assert "not device latency" in record["where"]
@@ -102,7 +104,8 @@ def test_int8_artifacts_on_emulated_arm64(example_build, tmp_path, capsys, runne
         assert parity["passed"] and parity["reference_accuracy"] - parity["accuracy"] <= 1.0
         assert parity["outputs"]["output"]["top1_agreement"] >= 0.97
     capsys.readouterr()
-    assert run_cli("bench", folder / "model.int8.onnx", "--runner", runner, "--samples", "16", "--runs", "3") == 0
+    assert run_cli("bench", tmp_path / "arm64" / "model.int8.onnx", "--runner", runner, "--samples", "16",
+                   "--runs", "3") == 0
     table = capsys.readouterr().out
     assert f"{runner} (emulated)" in table and "not device latency" in table
 

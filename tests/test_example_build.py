@@ -59,6 +59,25 @@ def test_manifest_checksums_sizes_and_io(example_build):
     assert len(manifest["source_model"]["sha256"]) == 64
 
 
+def test_every_artifact_says_what_its_delegate_or_provider_took(example_build, capsys):
+    """Per artifact, the nodes its accelerator ran and the ops left out: ONNX Runtime's nodes per execution
+    provider (a profiled run), LiteRT's XNNPACK partitions. XNNPACK has no kernel for a dynamic-range
+    depthwise convolution, so the dynamic_int8 file's three depthwise layers split it into four partitions."""
+    built = {a["file"]: a["details"]["delegation"] for a in read_manifest(example_build / "arm64")["artifacts"]}
+    for name in ("model.fp32.onnx", "model.int8.onnx"):
+        assert built[name]["delegate"] == "CPUExecutionProvider" and built[name]["fallback_ops"] == {}
+        assert built[name]["delegated_nodes"] >= 8  # 4 conv, 3 pool, 1 linear at least
+    whole = built["model.int8.tflite"]
+    assert whole["delegate"] == "XNNPACK delegate" and whole["partitions"] == 1 and whole["fallback_ops"] == {}
+    assert built["model.fp32.tflite"]["delegated_nodes"] == whole["delegated_nodes"]
+    split = built["model.dynamic_int8.tflite"]
+    assert split["fallback_ops"] == {"DEPTHWISE_CONV_2D": 3} and split["partitions"] == 4
+    assert split["delegated_nodes"] + 3 == whole["delegated_nodes"]
+    assert run_cli("check", example_build / "arm64") == 0  # details are part of the sealed manifest
+    page = (example_build / "arm64" / "report.html").read_text()
+    assert f"took {split['delegated_nodes']} nodes in 4 partitions; on built-in kernels: DEPTHWISE_CONV_2D x3" in page
+
+
 def test_tflite_artifacts_record_layout_and_integer_io(example_build):
     """What an Android/embedded app needs: NHWC input, the transpose from NCHW, int8 scale/zero point."""
     manifest = read_manifest(example_build / "arm64")

@@ -32,8 +32,8 @@ def test_the_example_ships_fp32_and_int8_programs_that_pass_parity(example_build
     for entry in (fp32, int8):
         delegation = entry["details"]["delegation"]
         # The example is convolutions, activations, pooling and a linear layer: XNNPACK takes all of it.
-        assert delegation["delegate"] == "XnnpackBackend" and delegation["subgraphs"] == 1
-        assert delegation["delegated_nodes"] > 20 and delegation["portable_nodes"] == 0
+        assert delegation["delegate"] == "XnnpackBackend" and delegation["partitions"] == 1
+        assert delegation["delegated_nodes"] > 20 and delegation["fallback_ops"] == {}
         assert entry["runtime"]["engine"] == "executorch" and entry["details"]["method"] == "forward"
         assert [s["name"] for s in entry["inputs"]] == ["input"] and entry["inputs"][0]["shape"] == [1, 1, 32, 32]
     assert int8["details"]["layers"]["int8"] >= 8 and int8["details"]["layers"]["fp32"] == 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build, once, an arm64 Debian bookworm root filesystem with Python 3.11, numpy, onnxruntime and
-# ai-edge-litert, to run edgekit artifacts (and edgekit/device/runner.py) on emulated arm64:
+# Build, once, an arm64 Debian trixie root filesystem with Python 3.13, numpy, onnxruntime, ai-edge-litert
+# and executorch-numpy-runtime, to run edgekit artifacts (and edgekit/device/runner.py) on emulated arm64:
 #
 #   $CACHE/arm64/python3 edgekit/device/runner.py MODEL ...
 #   (= QEMU_CPU=cortex-a76 qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3 ...)
@@ -13,14 +13,13 @@ set -euo pipefail
 CACHE=${EDGEKIT_CACHE:-$HOME/.cache/edgekit}/arm64
 ROOTFS=$CACHE/rootfs
 WHEELS=$CACHE/wheels
-SITE=$ROOTFS/usr/local/lib/python3.11/dist-packages   # on Debian python3's sys.path
 MIRROR=${EDGEKIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=${EDGEKIT_ARM64_PACKAGES:-numpy onnxruntime ai-edge-litert}
 PYTHON=${PYTHON:-python3}
 
 log() { echo "[arm64_rootfs] $*" >&2; }
 # shellcheck source=tools/wheels.sh
 source "$(dirname "$0")/wheels.sh"
+SITE=$ROOTFS/usr/local/lib/python$DEVICE_PYTHON/dist-packages   # on Debian python3's sys.path
 
 need_debs() {
     local missing=()
@@ -34,18 +33,19 @@ need_debs() {
 }
 
 make_rootfs() {
-    [[ -f $ROOTFS/.edgekit-rootfs ]] && return
-    log "debootstrap arm64 bookworm -> $ROOTFS"
+    # The mark names the release: a root filesystem of an older one is made again.
+    [[ "$(cat "$ROOTFS/.edgekit-rootfs" 2>/dev/null)" == "$SUITE" ]] && return
+    log "debootstrap arm64 $SUITE -> $ROOTFS"
     # Build beside the target and rename at the end, so an interrupted run never looks finished.
     local tmp=$ROOTFS.partial
     rm -rf "$tmp" && mkdir -p "$CACHE"
     debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,libstdc++6 \
-        bookworm "$tmp" "$MIRROR" >&2
+        "$SUITE" "$tmp" "$MIRROR" >&2
     # --foreign only downloads and unpacks the essentials; the second stage needs chroot + binfmt.
     # Unpacking every downloaded .deb is enough to get a working python3 for qemu -L.
     for deb in "$tmp"/var/cache/apt/archives/*.deb; do dpkg -x "$deb" "$tmp"; done
     rm -f "$tmp"/var/cache/apt/archives/*.deb
-    touch "$tmp/.edgekit-rootfs"
+    echo "$SUITE" >"$tmp/.edgekit-rootfs"
     rm -rf "$ROOTFS" && mv "$tmp" "$ROOTFS"
 }
 
@@ -83,7 +83,7 @@ write_wrapper() {
     # computes wrongly (every sample gives the same output). Emulate the CPU the cpuinfo describes.
     cat >"$CACHE/python3" <<EOF
 #!/bin/sh
-# Python 3.11 on emulated arm64 (made by edgekit tools/arm64_rootfs.sh)
+# Python $DEVICE_PYTHON on emulated arm64 (made by edgekit tools/arm64_rootfs.sh)
 QEMU_CPU=\${QEMU_CPU:-cortex-a76} exec qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" "\$@"
 EOF
     chmod +x "$CACHE/python3"
@@ -93,8 +93,9 @@ verify() {
     local py=("$CACHE/python3")
     "${py[@]}" -c "import platform, numpy, onnxruntime as ort
 print(platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', ort.__version__, ort.get_available_providers())" >&2
-    "${py[@]}" -c "import ai_edge_litert, ai_edge_litert.interpreter as li
-print('ai_edge_litert', getattr(ai_edge_litert, '__version__', '?'), li.Interpreter.__name__)" >&2
+    "${py[@]}" -c "import ai_edge_litert, ai_edge_litert.interpreter as li, executorch_numpy_runtime as et
+print('ai_edge_litert', getattr(ai_edge_litert, '__version__', '?'), li.Interpreter.__name__,
+      'executorch_numpy_runtime', et.__et_version__)" >&2
 }
 
 need_debs

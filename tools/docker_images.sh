@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build the edgekit device images (python3 + numpy + onnxruntime + ai-edge-litert + /runner.py) with no
+# Build the edgekit device images (python3 + numpy + onnxruntime + ai-edge-litert + executorch-numpy-runtime
+# + /runner.py) with no
 # image registry: base images are imported from Debian root filesystems, wheels are installed offline.
 #
 #   tools/docker_images.sh [arm64] [x86_64]        # default: both
-#   BASE=python:3.11-slim tools/docker_images.sh    # with a registry: an official base image instead
+#   BASE=python:3.13-slim tools/docker_images.sh    # with a registry: an official base image instead
 #
 # Run as root: it installs docker.io if missing, starts dockerd if none answers, and registers the
 # qemu aarch64 binfmt handler so arm64 images build and run on x86. Images already built from the same
@@ -14,7 +15,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${EDGEKIT_CACHE:-$HOME/.cache/edgekit}
 MIRROR=${EDGEKIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=${EDGEKIT_DEVICE_PACKAGES:-numpy onnxruntime ai-edge-litert}
 PYTHON=${PYTHON:-python3}
 export DOCKER_BUILDKIT=0   # the legacy builder ships with docker.io; BuildKit needs the buildx plugin
 
@@ -47,13 +47,13 @@ ensure_binfmt() {
 
 x86_64_rootfs() {
     local rootfs=$CACHE/x86_64/rootfs
-    if [[ ! -f $rootfs/.edgekit-rootfs ]]; then
-        log "debootstrap amd64 bookworm -> $rootfs"
+    if [[ "$(cat "$rootfs/.edgekit-rootfs" 2>/dev/null)" != "$SUITE" ]]; then
+        log "debootstrap amd64 $SUITE -> $rootfs"
         rm -rf "$rootfs.partial" && mkdir -p "$CACHE/x86_64"
         debootstrap --arch=amd64 --variant=minbase --include=python3,libstdc++6 \
-            bookworm "$rootfs.partial" "$MIRROR" >&2
+            "$SUITE" "$rootfs.partial" "$MIRROR" >&2
         rm -rf "$rootfs.partial"/var/cache/apt/archives/*.deb
-        touch "$rootfs.partial/.edgekit-rootfs"
+        echo "$SUITE" >"$rootfs.partial/.edgekit-rootfs"
         rm -rf "$rootfs" && mv "$rootfs.partial" "$rootfs"
     fi
     echo "$rootfs"
@@ -71,7 +71,7 @@ import_base() {  # import_base NAME ARCH ROOTFS
     # which breaks `--platform linux/arm64` builds and runs. Our unpacked wheels and the fake cpuinfo
     # stay out: the Dockerfile installs the wheels itself.
     tmp=$(mktemp -d)
-    tar -C "$3" --exclude=./usr/local/lib/python3.11/dist-packages --exclude=./proc/cpuinfo \
+    tar -C "$3" --exclude="./usr/local/lib/python$DEVICE_PYTHON/dist-packages" --exclude=./proc/cpuinfo \
         --exclude=./.edgekit-rootfs -cf "$tmp/layer.tar" .
     diff=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
     cat >"$tmp/config.json" <<JSON
@@ -106,7 +106,7 @@ verify() {  # verify ARCH PLATFORM [docker run options]
     local arch=$1 platform=$2
     shift 2
     docker run --rm --pull never --platform "$platform" "$@" "edgekit-$arch" python3 -c \
-        "import platform, numpy, onnxruntime, ai_edge_litert.interpreter
+        "import platform, numpy, onnxruntime, ai_edge_litert.interpreter, executorch_numpy_runtime
 print(platform.machine(), 'onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())" >&2
 }
 

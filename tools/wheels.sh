@@ -1,5 +1,11 @@
 # shellcheck shell=bash
-# Sourced by the tools/ scripts: offline wheel sets for the device Python (CPython 3.11, manylinux).
+# Sourced by the tools/ scripts: the device Python's Debian release, and offline wheel sets for it.
+
+# Debian trixie's python3 is 3.13: executorch-numpy-runtime (torch-free .pte runtime) needs 3.12 or newer.
+SUITE=trixie
+DEVICE_PYTHON=3.13
+GLIBC_MINOR=41   # trixie's glibc 2.41
+PACKAGES=${EDGEKIT_DEVICE_PACKAGES:-numpy onnxruntime ai-edge-litert executorch-numpy-runtime}
 
 # download_wheels ARCH DEST PACKAGES...: manylinux wheels of PACKAGES for ARCH (aarch64 | x86_64) into DEST,
 # with their dependencies. Returns 0 when it downloaded, 1 when DEST already held this set.
@@ -10,10 +16,10 @@ download_wheels() {
     echo "[wheels] downloading $arch wheels: $*" >&2
     rm -rf "$dest" && mkdir -p "$dest"
     # pip does not widen --platform to older compatible tags: list every manylinux tag that
-    # bookworm's glibc (2.36) accepts, or it silently picks an old release (ai-edge-litert 2.x is 2_27).
+    # the suite's glibc accepts, or it silently picks an old release (ai-edge-litert 2.x is 2_27).
     local platforms=(--platform "manylinux2014_$arch")
-    for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
+    for minor in $(seq 17 "$GLIBC_MINOR"); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
     "${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --dest "$dest" "${platforms[@]}" \
-        --python-version 3.11 --implementation cp "$@" >&2
+        --python-version "$DEVICE_PYTHON" --implementation cp "$@" >&2
     echo "$*" >"$dest/.done"
 }

@@ -164,6 +164,40 @@ def own_entries(details):
     return [{"name": d["name"], "runtime_name": d["name"], "quantization": quantization_of(d)} for d in details]
 
 
+def tflite_delegation(ops):
+    """What LiteRT's delegate took, from the interpreter's ops after it applied the delegate: the graph's own
+    ops, then one DELEGATE op per partition whose inputs are every tensor the partition reads from outside.
+    A partition's ops are found by walking back from its outputs until those inputs; the rest run on the
+    built-in kernels. The shape is the one every format's delegation report has."""
+    producers = {t: op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    taken = set()
+    for partition in partitions:
+        outside, pending = {int(t) for t in partition["inputs"]}, [int(t) for t in partition["outputs"]]
+        while pending:
+            tensor = pending.pop()
+            op = producers.get(tensor)
+            if tensor in outside or op is None or op["index"] in taken:
+                continue
+            taken.add(op["index"])
+            pending.extend(int(t) for t in op["inputs"])
+    left = {}
+    for op in ops:
+        if op["op_name"] != "DELEGATE" and op["index"] not in taken:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return {"delegate": "XNNPACK delegate", "delegated_nodes": len(taken), "partitions": len(partitions),
+            "fallback": "built-in kernels", "fallback_ops": left}
+
+
+def delegation_text(delegation):
+    """One line from a delegation report: what the delegate (or preferred provider) took, what it left."""
+    partitions = delegation.get("partitions")
+    where = "" if partitions is None else f" in {partitions} partition{'s' * (partitions != 1)}"
+    left = ", ".join(f"{op} x{count}" for op, count in delegation["fallback_ops"].items()) or "none"
+    taken = f"{delegation['delegate']} took {delegation['delegated_nodes']} nodes{where}"
+    return f"{taken}; on {delegation['fallback']}: {left}"
+
+
 class TfliteModel:
     def __init__(self, path, threads, io=None):
         """`io`: the manifest's {"inputs": [...], "outputs": [...]} for this artifact; None: the file's own."""
@@ -178,9 +212,8 @@ class TfliteModel:
         self.input_names = [e["name"] for e in self.input_entries]
         self.output_names = [e["name"] for e in self.output_entries]
         self.batch = int(self.inputs[0]["shape"][0])
-        try:  # private API, but the only way to see whether the default XNNPACK delegate took the graph
-            ops = {op["op_name"] for op in self.interpreter._get_ops_details()}
-            used = "XNNPACK delegate" if "DELEGATE" in ops else "builtin kernels"
+        try:  # private API, but the only way to see what the default XNNPACK delegate took
+            used = delegation_text(tflite_delegation(self.interpreter._get_ops_details()))
         except AttributeError:
             used = "unknown"
         self.runtime = {"name": package, "version": version, "used": used}

@@ -25,6 +25,12 @@ class Runner(ABC):
     def describe(self) -> dict[str, Any]:
         """Which engine ran, its version and how (e.g. the execution provider actually used)."""
 
+    def delegation(self) -> dict[str, Any] | None:
+        """What the runtime's delegate or preferred execution provider took of the graph and what it left
+        ({delegate, delegated_nodes, partitions, fallback, fallback_ops}), once the runner has run; None
+        where the runtime cannot say (an ExecuTorch program's report is made when it is lowered)."""
+        return None
+
 
 def run_dataset(runner: Runner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run every sample of `inputs` (N samples per input) in batches of the model's batch size."""

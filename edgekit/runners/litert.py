@@ -57,13 +57,19 @@ class LiteRTRunner(Runner):
                 "delegate": self.delegate(), "threads": self.threads}
 
     def delegate(self) -> str:
-        """'XNNPACK' when the default delegate took over part of the graph (it shows as DELEGATE nodes)."""
-        try:
-            ops = ops_details(self.interpreter)  # no public API tells which delegate ran
-        except AttributeError:
+        """'XNNPACK (k partitions)' when the default delegate took over part of the graph."""
+        taken = self.delegation()
+        if taken is None:
             return "unknown"
-        delegated = sum(op["op_name"] == "DELEGATE" for op in ops)
-        return f"XNNPACK ({delegated} partition{'s' * (delegated != 1)})" if delegated else "none (built-in kernels)"
+        partitions = taken["partitions"]
+        return f"XNNPACK ({partitions} partition{'s' * (partitions != 1)})" if partitions else "none (built-in kernels)"
+
+    def delegation(self) -> dict[str, Any] | None:
+        try:
+            ops = ops_details(self.interpreter)  # no public API tells what the delegate took
+        except AttributeError:
+            return None
+        return adapter.tflite_delegation(ops)
 
 
 def ops_details(interpreter) -> list[dict[str, Any]]:

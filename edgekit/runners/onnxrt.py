@@ -1,7 +1,11 @@
 """ONNX Runtime, with execution providers in the target's order of preference."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,12 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # The first run is profiled: its events say which execution provider ran each node. ONNX Runtime
+        # writes the file only when profiling ends, so a runner that never runs leaves nothing behind.
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"edgekit-ort-{uuid.uuid4().hex}")
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.placement: dict[str, Any] | None = None
         self.requested = list(providers)
         self.threads = threads
         self.version = ort.__version__
@@ -53,11 +62,31 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(None, feeds)
+        if self.placement is None:
+            self.placement = _placement(Path(self.session.end_profiling()), self.session.get_providers()[0])
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "onnxruntime", "version": self.version, "provider": self.session.get_providers()[0],
                 "requested_providers": self.requested, "threads": self.threads}
+
+    def delegation(self) -> dict[str, Any] | None:
+        return self.placement
+
+
+def _placement(profile: Path, preferred: str) -> dict[str, Any]:
+    """Nodes per execution provider, from a profiled run (each node's kernel event names its provider):
+    the preferred provider's count, and what the others ran, by op type. Deletes the profile."""
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    nodes = {e["name"]: e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    left: dict[str, int] = {}
+    for args in nodes.values():
+        if args["provider"] != preferred:
+            key = f"{args['op_name']} ({args['provider']})"
+            left[key] = left.get(key, 0) + 1
+    return {"delegate": preferred, "delegated_nodes": len(nodes) - sum(left.values()), "partitions": None,
+            "fallback": "other execution providers", "fallback_ops": left}
 
 
 def _spec(value) -> TensorSpec:

@@ -188,9 +188,8 @@ def delegation(graph) -> dict[str, Any]:
     table = info.get_operator_delegation_dataframe()
     left = {row.op_type: int(row.occurrences_in_non_delegated_graphs) for row in table.itertuples()
             if row.op_type not in ("Total", "getitem") and row.occurrences_in_non_delegated_graphs}
-    return {"delegate": DELEGATE, "subgraphs": info.num_delegated_subgraphs,
-            "delegated_nodes": info.num_delegated_nodes,
-            "portable_nodes": sum(left.values()), "portable_ops": left}
+    return {"delegate": DELEGATE, "delegated_nodes": info.num_delegated_nodes,
+            "partitions": info.num_delegated_subgraphs, "fallback": "portable kernels", "fallback_ops": left}
 
 
 def layer_precisions(graph) -> dict[str, str]:
