@@ -70,6 +70,17 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean() * 100.0)
 
 
+def sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample (rows of two float64 arrays of shape N x features)."""
+    ref_norm, out_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(out, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = (ref * out).sum(axis=1) / (ref_norm * out_norm)
+    # Two all-zero samples agree exactly; NaN from a NaN output stays NaN and fails the check.
+    cosines[(ref_norm == 0) & (out_norm == 0)] = 1.0
+    cosines[(ref_norm == 0) != (out_norm == 0)] = 0.0
+    return cosines
+
+
 def output_metrics(reference: np.ndarray, actual: np.ndarray, kind: OutputKind | None = None) -> dict[str, float]:
     kind = kind or by_shape(reference.shape)
     ref = reference.astype(np.float64).reshape(len(reference), -1)
@@ -77,12 +88,7 @@ def output_metrics(reference: np.ndarray, actual: np.ndarray, kind: OutputKind |
     error = np.abs(out - ref)
     scale = float(np.abs(ref).max()) or 1.0
     noise = float((error ** 2).sum())
-    ref_norm, out_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(out, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosines = (ref * out).sum(axis=1) / (ref_norm * out_norm)
-    # Two all-zero samples agree exactly; NaN from a NaN output stays NaN and fails the check.
-    cosines[(ref_norm == 0) & (out_norm == 0)] = 1.0
-    cosines[(ref_norm == 0) != (out_norm == 0)] = 0.0
+    cosines = sample_cosines(ref, out)
     metrics = {
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),

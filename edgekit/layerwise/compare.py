@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..parity import output_metrics
+from ..parity import sample_cosines
 from .capture import Capture
 
 
@@ -30,20 +30,28 @@ class LayerRow:
         return min(self.snr_db, self.channel_snr_db)
 
 
-def channel_snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Median per-channel SNR (axis 1). A tensor whose range one huge channel sets keeps a high overall
-    SNR when INT8 rounds every other channel to zero; its per-channel SNR shows the loss."""
-    if reference.ndim < 2:
-        return _snr(reference, actual)
-    ref = np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1).astype(np.float64)
-    out = np.moveaxis(actual, 1, 0).reshape(actual.shape[1], -1).astype(np.float64)
-    values = [_snr(r, o) for r, o in zip(ref, out) if np.any(r)]
-    return float(np.median(values)) if values else math.inf
+def layer_metrics(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, float, float]:
+    """SNR, median per-channel SNR (axis 1), mean per-sample cosine and max absolute error of one layer.
+    A tensor whose range one huge channel sets keeps a high overall SNR when INT8 rounds every other
+    channel to zero; its per-channel SNR shows the loss. Channels that are all zero in the reference
+    have no signal to lose and are left out."""
+    ref, out = reference.astype(np.float64), actual.astype(np.float64)
+    squared_noise, squared_signal = (out - ref) ** 2, ref ** 2
+    snr = _snr(float(squared_signal.sum()), float(squared_noise.sum()))
+    if ref.ndim < 2:
+        channel = snr
+    else:
+        others = tuple(axis for axis in range(ref.ndim) if axis != 1)
+        live = (ref != 0).any(axis=others)
+        channels = [_snr(signal, noise) for signal, noise in
+                    zip(squared_signal.sum(axis=others)[live], squared_noise.sum(axis=others)[live])]
+        channel = float(np.median(channels)) if channels else math.inf
+    flat = len(ref), -1
+    cosine = float(sample_cosines(ref.reshape(flat), out.reshape(flat)).mean())
+    return snr, channel, cosine, float(np.sqrt(squared_noise.max())) if ref.size else 0.0
 
 
-def _snr(reference: np.ndarray, actual: np.ndarray) -> float:
-    noise = float(((actual.astype(np.float64) - reference) ** 2).sum())
-    signal = float((reference.astype(np.float64) ** 2).sum())
+def _snr(signal: float, noise: float) -> float:
     return math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal else -math.inf)
 
 
@@ -59,10 +67,8 @@ def compare_layers(reference: Capture, candidate: Capture, mapping: dict[str, st
         if ref.shape != out.shape:
             raise ValueError(f"'{ref_name}' {ref.shape} and '{cand_name}' {out.shape} differ in shape: "
                              f"the mapping pairs different tensors")
-        metrics = output_metrics(ref, out)
         rows.append(LayerRow(ref_name, cand_name, reference.kinds.get(ref_name, ""), tuple(ref.shape[1:]),
-                             metrics["snr_db"], channel_snr_db(ref, out), metrics["cosine"],
-                             metrics["max_abs_error"]))
+                             *layer_metrics(ref, out)))
     return rows
 
 
