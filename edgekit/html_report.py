@@ -24,6 +24,7 @@ FIGURES = "report"
 KIND_STYLE = {  # emulated timings must never pass for real ones: own colour, hatching and label
     "native": {"color": "#2b6cb0", "hatch": "", "label": "native"},
     "device": {"color": "#2f855a", "hatch": "", "label": "on device"},
+    "host": {"color": "#4a5568", "hatch": "", "label": "build host (in-process)"},
     "emulated": {"color": "#c05621", "hatch": "//", "label": "EMULATED (not device latency)"},
 }
 PRECISION_COLOR = {"fp32": "#2b6cb0", "fp16": "#805ad5", "int8": "#c53030"}
@@ -175,7 +176,7 @@ def _span(values: list[float], reference: float | None) -> tuple[float, float]:
 
 def _preferred_benchmark(record: dict) -> dict | None:
     """The most trustworthy timing of an artifact: device, then native, then emulated."""
-    order = {"device": 0, "native": 1, "emulated": 2}
+    order = {"device": 0, "native": 1, "host": 2, "emulated": 3}
     benchmarks = sorted(record.get("benchmarks", []), key=lambda b: order.get(b["kind"], 3))
     return benchmarks[0] if benchmarks else None
 

@@ -27,6 +27,7 @@ from .report import Progress
 from .runners import run_dataset
 from .sources import SourceModel, sha256_file
 from .spec import TensorSpec
+from .speed import compare_with_fp32, host_record
 from .cache import StageCache, dataset_hash, default_root, model_fingerprint
 from .stages import Artifact, Stage, StageContext, validate_order
 from .stages.export_onnx import EXPORT_VERSION, export_onnx
@@ -322,8 +323,9 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     evaluation = shared.data.evaluation
     entries = []
     for artifact in artifacts:
-        with timings.step(f"{label} parity of {artifact.path.name} on {len(evaluation)} samples"):
+        with timings.step(f"{label} parity and host latency of {artifact.path.name} on {len(evaluation)} samples"):
             entries.append(_artifact_entry(folder, artifact, target, shared, gpu, kinds))
+    compare_with_fp32(entries)
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
     manifest = _manifest(shared, target, folder, entries, runner.failures, kinds)
     manifest.gpu = gpu
@@ -381,7 +383,7 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
     per_output = {name: target.output_tolerance(artifact.precision, name, kind.kind) for name, kind in kinds.items()}
     evaluation = shared.data.evaluation
     checked = verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs,
-                     shared.reference, per_output, evaluation.labels, kinds)
+                     shared.reference, per_output, evaluation.labels, kinds, timed=True)
     entry = ArtifactEntry(
         package.file_record(folder, artifact.path.name), artifact.format, artifact.precision, checked.inputs,
         checked.outputs, dataclasses.asdict(tolerance),
@@ -392,6 +394,9 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
         details={**artifact.metadata, **({"delegation": checked.delegation} if checked.delegation else {})})
     if target.gpu and formats.get(artifact.format).tensorrt:
         entry.trtexec = trtexec_command(target, entry)
+    if checked.timing:
+        entry.record_benchmark(host_record(checked.timing, checked.runtime, target.runtime.threads, target.bench.arch,
+                                           checked.parity.passed))
     return entry
 
 

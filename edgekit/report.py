@@ -54,9 +54,15 @@ ARTIFACT_COLUMNS = [
     Column("SNR dB", lambda record, worst: _number(worst.get("snr_db"), "{:.1f}"), "number"),
     Column("top-1 agree", lambda record, worst: _number(worst.get("top1_agreement"), "{:.1%}"), "number"),
     Column("accuracy", lambda record, worst: _number(record["parity"].get("accuracy"), "{:.2f}%"), "number"),
+    Column("host p50 ms", lambda record, worst: _number(_host_p50(record), "{:.3f}"), "number"),
     Column("verified on", lambda record, worst: record.get("verified_on", "-"), terminal=False),
     Column("accelerated", lambda record, worst: delegation_text(record) or "-", terminal=False),
 ]
+
+
+def _host_p50(record: dict[str, Any]) -> float | None:
+    """The build's own timing of an artifact on the build host (runner "build"), if it was timed."""
+    return next((b["latency_ms"]["p50"] for b in record.get("benchmarks", []) if b["runner"] == "build"), None)
 
 
 def delegation_text(record: dict[str, Any]) -> str | None:
@@ -76,6 +82,19 @@ def artifact_rows(artifacts: list[dict[str, Any]], terminal: bool = True) -> tup
     return columns, rows
 
 
+def slower_lines(timings: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One sentence per (artifact, benchmark record) where reduced precision is slower than fp32."""
+    lines = []
+    for file, record in timings:
+        slower = record.get("slower_than_fp32")
+        if slower:
+            where = "the build host" if record["runner"] == "build" else record["runner"]
+            lines.append(f"  {file} is SLOWER than {slower['sibling']} on {where} "
+                         f"({record['latency_ms']['p50']:.3f} ms against {slower['sibling_p50_ms']:.3f} ms p50, "
+                         f"{record['machine'].get('cpu_model') or 'unknown CPU'}): {slower['why']}")
+    return lines
+
+
 def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]]) -> str:
     """One row per artifact: size, verdict and the numbers that decided it; then what went wrong."""
     columns, rows = artifact_rows(artifacts)
@@ -84,7 +103,10 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
                 for problem in r["parity"].get("failures", []) + r["parity"].get("hints", [])]
     problems += [f"  {f['stage']} FAILED: {f['error']}" for f in failures]
     delegated = [f"  {r['file']}: {delegation_text(r)}" for r in artifacts if delegation_text(r)]
-    return "\n".join(lines + problems + delegated)
+    timings = [(r["file"], b) for r in artifacts for b in r.get("benchmarks", [])]
+    hosts = sorted({f"  host p50: {b['where']}; {b['runs']} runs of one batch after {b['warmup']} warm-up"
+                    for _, b in timings if b["runner"] == "build"})
+    return "\n".join(lines + problems + delegated + hosts + slower_lines(timings))
 
 
 def verdict(passed: bool | None) -> str:
@@ -141,7 +163,7 @@ def bench_table(records: list[dict[str, Any]]) -> str:
                      f"{r['runtime'].get('used')}, {r['threads']} thread(s), {r['runs']} runs after {r['warmup']} "
                      f"warm-up" for r in records})
     lines += [f"  {r['file']} on {r['runner']}: {problem}" for r in records for problem in r["parity"].get("failures", [])]
-    return "\n".join(lines)
+    return "\n".join(lines + slower_lines([(r["file"], r) for r in records]))
 
 
 def divergence_table(result: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from .output_kinds import OutputKind
 from .parity import ParityResult, compare
 from .runners import open_runner, run_dataset, runtime_errors
 from .spec import TensorSpec
+from .speed import host_timing
 from .targets import Runtime, Tolerance
 
 
@@ -25,17 +26,20 @@ class Verification:
     inputs: list[TensorSpec] = field(default_factory=list)  # the artifact's I/O as its runtime sees it
     outputs: list[TensorSpec] = field(default_factory=list)
     delegation: dict[str, Any] | None = None  # what its delegate or execution provider took (Runner.delegation)
+    timing: dict[str, Any] | None = None  # host latency of one batch (speed.host_timing), when asked for
 
 
 def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[TensorSpec], list[TensorSpec]] | None,
            inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
            tolerance: Tolerance | dict[str, Tolerance], labels: np.ndarray | None,
-           kinds: dict[str, OutputKind] | None = None) -> Verification:
+           kinds: dict[str, OutputKind] | None = None, timed: bool = False) -> Verification:
+    """`timed`: also time the runner on one batch, in-process (the build's host latency)."""
     try:
         runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
+        timing = host_timing(runner, inputs) if timed else None
     except runtime_errors() as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
     return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
-                        runner.outputs, runner.delegation())
+                        runner.outputs, runner.delegation(), timing)

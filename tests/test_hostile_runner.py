@@ -105,7 +105,7 @@ def test_a_folder_recording_a_hostile_runner_is_benched_by_its_builtin_profile(f
     capsys.readouterr()
     assert run_cli("bench", folder, "--runs", "1", "--warmup", "1", "--samples", "4") == 0
     assert "Traceback" not in capsys.readouterr().err
-    assert [b["runner"] for b in read_manifest(folder)["artifacts"][0]["benchmarks"]] == ["native"]
+    assert [b["runner"] for b in read_manifest(folder)["artifacts"][0]["benchmarks"]] == ["build", "native"]
     assert not marker.exists()
     assert {k: v for k, v in tree_state(tmp_path).items() if not k.startswith("x86_64")} == outside
 

@@ -21,6 +21,7 @@ def test_a_built_manifest_round_trips_exactly(example_build, target):
 def test_a_new_benchmark_replaces_the_same_runners_and_stays_out_of_the_digest_view(example_build):
     manifest = Manifest.from_dict(json.loads((example_build / "arm64" / "manifest.json").read_text()), "m")
     entry = manifest.artifacts[0]
+    entry.benchmarks = []  # without the build's own host timing
     for runner, p50 in (("native", 1.0), ("qemu", 9.0), ("native", 2.0)):
         entry.record_benchmark({"runner": runner, "latency_ms": {"p50": p50}})
     assert [(b["runner"], b["latency_ms"]["p50"]) for b in entry.benchmarks] == [("qemu", 9.0), ("native", 2.0)]

@@ -34,7 +34,7 @@ PHASES = [("load model", ["import torch", "load model"], ["load model"]),
            ["quantize INT8"]),
           ("TFLite: onnx2tf", ["import onnx2tf (TensorFlow)", "onnx2tf.convert"], ["convert to TFLite"]),
           ("reference outputs", [], ["reference outputs"]),
-          ("parity of each artifact", [], ["parity of"]),
+          ("parity and host latency of each artifact", [], ["parity and host latency of"]),
           ("per-layer SNR", [], ["per-layer SNR"])]
 LIBRARY_CALLS = ["torch.onnx.export", "onnxslim.slim", "quant_pre_process + quantize_static", "onnx2tf.convert"]
 

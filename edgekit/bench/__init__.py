@@ -19,6 +19,7 @@ from ..errors import UserError, first_line
 from ..gpu import trtexec_command
 from ..manifest import ArtifactEntry
 from ..parity import compare
+from ..speed import compare_with_fp32
 from ..check import judged_by
 from ..targets import Target
 from .hosts import RUNNER, Host, SshHost, make_host
@@ -44,7 +45,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
     settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
                 "threads": threads or target.runtime.threads,
                 "providers": target.runtime.onnxruntime_providers}
-    records = []
+    benched = []
     for entry in entries:
         artifact = package.inside(folder, entry.name, "artifacts[].file")
         report, outputs = _run(host, artifact, inputs, settings, entry)
@@ -54,11 +55,12 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
         entry.record_benchmark(record)
-        records.append({"file": entry.name, "host_parity": entry.parity, **record})
+        benched.append((entry, record))
+    compare_with_fp32(manifest.artifacts)
     package.write_manifest(folder, manifest)
     write_report(folder, manifest)
     package.refresh_archive(folder)
-    return records
+    return [{"file": entry.name, "host_parity": entry.parity, **record} for entry, record in benched]
 
 
 def bench_file(path: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,

@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 ISA_FEATURES = {
-    "x86": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"),
-    "arm": ("asimd", "asimddp", "i8mm", "sve", "bf16"),  # asimd = NEON, asimddp = dotprod
+    "x86": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_tile", "amx_int8"),
+    "arm": ("asimd", "asimddp", "asimdhp", "i8mm", "sve", "bf16"),  # NEON, dotprod, fp16 arithmetic
 }
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
              "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78", "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2"}

@@ -1,0 +1,95 @@
+"""Is it actually faster? Every build times each artifact on the build host, and a reduced-precision artifact
+slower than its fp32 sibling on the machine that timed both is said so in words, with what explains it.
+
+The build's timing is in-process, through the runner that just checked parity, on one batch of held-out
+inputs: a short run, labeled with the host CPU (and "not the target device" when the target's architecture
+differs). `edgekit bench` is the full measurement; its records get the same comparison.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from .device.runner import machine_info, percentiles
+from .manifest import ArtifactEntry
+from .runners import Runner
+
+WARMUP, RUNS, MIN_RUNS, BUDGET_S = 3, 20, 5, 1.0  # at most RUNS, fewer past BUDGET_S (at least MIN_RUNS)
+SLOWER = 1.10  # p50 more than 10% above the fp32 sibling's: slower, not timing noise
+ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
+
+
+def host_timing(runner: Runner, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """p50/p90/p99/mean/min of the runner's call on the first batch of `inputs`, after a warm-up."""
+    batch = runner.inputs[0].shape[0] if runner.inputs[0].shape else 1
+    feeds = {name: array[:batch] for name, array in inputs.items()}
+    for _ in range(WARMUP):
+        runner.run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < RUNS and (len(times) < MIN_RUNS or time.perf_counter() - start < BUDGET_S):
+        began = time.perf_counter()
+        runner.run(feeds)
+        times.append((time.perf_counter() - began) * 1e3)
+    return {"latency_ms": percentiles(np.array(times)), "runs": len(times), "warmup": WARMUP, "samples": batch}
+
+
+def host_record(timing: dict[str, Any], runtime: dict[str, Any], threads: int, target_arch: str,
+                parity_passed: bool) -> dict[str, Any]:
+    """A benchmark record (the shape `edgekit bench` writes) for the build's own timing."""
+    machine = machine_info()
+    arch = ARCH_NAMES.get(platform.machine().lower(), platform.machine())
+    where = f"build host, {machine['cpu_model'] or 'unknown CPU'} ({arch}), in-process"
+    if arch != target_arch:
+        where += f": host, not the target device ({target_arch})"
+    return {"runner": "build", "kind": "host", "where": where, "machine": machine, "runtime": runtime,
+            "threads": threads, **timing, "parity": {"passed": parity_passed}}
+
+
+def compare_with_fp32(entries: list[ArtifactEntry]) -> None:
+    """Mark every benchmark record of a reduced-precision artifact that is slower than its format's fp32
+    artifact on the same runner (`slower_than_fp32`: the sibling, both p50s, and why)."""
+    fp32 = {e.format: e for e in entries if e.precision == "fp32"}
+    for entry in entries:
+        sibling = fp32.get(entry.format)
+        if sibling is None or sibling is entry:
+            continue
+        theirs = {b["runner"]: b for b in sibling.benchmarks}
+        for record in entry.benchmarks:
+            other = theirs.get(record["runner"])
+            record.pop("slower_than_fp32", None)
+            if other and record["latency_ms"]["p50"] > SLOWER * other["latency_ms"]["p50"]:
+                record["slower_than_fp32"] = {"sibling": sibling.name, "sibling_p50_ms": other["latency_ms"]["p50"],
+                                              "why": why_slower(entry, sibling, record["machine"])}
+
+
+def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, Any]) -> str:
+    """What explains it, from what the build recorded: ops the delegate left out that it took in the fp32
+    file, and the CPU features reduced precision needs."""
+    reasons = []
+    left = entry.details.get("delegation", {}).get("fallback_ops", {})
+    extra = {op: n for op, n in left.items() if op not in sibling.details.get("delegation", {}).get("fallback_ops", {})}
+    if extra:
+        delegation = entry.details["delegation"]
+        ops = ", ".join(f"{op} x{n}" for op, n in extra.items())
+        reasons.append(f"{delegation['delegate']} leaves {ops} to the {delegation['fallback']}")
+    isa, precision = machine.get("isa", {}), entry.precision
+    x86 = "avx2" in isa
+    if precision in ("int8", "dynamic_int8"):
+        if x86 and not (isa.get("avx512_vnni") or isa.get("avx_vnni")):
+            reasons.append("this CPU has no VNNI (avx512_vnni / avx_vnni), so INT8 dot products are no faster than "
+                           "FP32 while quantizing and dequantizing between layers costs extra")
+        elif not x86 and isa and not isa.get("asimddp"):
+            reasons.append("this CPU has no dotprod (asimddp), so INT8 dot products are no faster than FP32")
+        elif not extra:
+            reasons.append("the CPU has INT8 dot-product instructions, so the likely cost is quantizing and "
+                           "dequantizing between layers, which a model this small does not earn back")
+    elif precision == "fp16":
+        if x86 and not isa.get("avx512_fp16"):
+            reasons.append("this CPU has no FP16 arithmetic (avx512_fp16): FP16 weights are computed in FP32")
+        elif not x86 and isa and not isa.get("asimdhp"):
+            reasons.append("this CPU has no FP16 arithmetic (asimdhp): FP16 weights are computed in FP32")
+    return "; ".join(reasons) or "no recorded cause"
