@@ -58,6 +58,8 @@ def write_report(folder: Path, built: Manifest) -> Path:
         ("latency", "Latency per artifact (p50, whiskers to p90)", lambda fig: _latency_figure(fig, artifacts)),
         ("accuracy", "Quality per artifact against the reference", lambda fig: _quality_figure(fig, manifest)),
         ("tradeoff", "Quality against latency, per precision", lambda fig: _tradeoff_figure(fig, manifest)),
+        ("energy", "Quality against estimated energy per inference (an estimate, not a measurement)",
+         lambda fig: _energy_figure(fig, manifest)),
         ("layers", "Per-layer SNR along the network", lambda fig: _layers_figure(fig, artifacts, layers)),
     ]
     (folder / FIGURES).mkdir(exist_ok=True)
@@ -182,29 +184,47 @@ def _preferred_benchmark(record: dict) -> dict | None:
 
 
 def _tradeoff_figure(fig: Figure, manifest: dict) -> str | None:
+    def latency(record: dict) -> tuple[float, str] | None:
+        bench = _preferred_benchmark(record)
+        return bench and (bench["latency_ms"]["p50"], " (emulated)" if bench["kind"] == "emulated" else "")
+
+    return _quality_against(fig, manifest, latency, "p50 latency (ms)",
+                            "Quality against latency needs benchmarks: latency not measured.")
+
+
+def _energy_figure(fig: Figure, manifest: dict) -> str | None:
+    def energy(record: dict) -> tuple[float, str] | None:
+        estimate = record.get("details", {}).get("energy_estimate")
+        return estimate and (estimate["microjoules"], "")
+
+    return _quality_against(fig, manifest, energy, "estimated energy per inference (µJ, 45 nm figures, an ESTIMATE)",
+                            "No energy estimate: the build has no float ONNX graph to count MACs in.")
+
+
+def _quality_against(fig: Figure, manifest: dict, x_of: Callable[[dict], tuple[float, str] | None], x_label: str,
+                     missing: str) -> str | None:
+    """A scatter of each artifact's quality against a cost (`x_of`: the value and a note for its label)."""
     label, reference, value = _quality(manifest)
     points = []
     for record in manifest.get("artifacts", []):
-        bench, quality = _preferred_benchmark(record), value(record)
-        if bench and quality is not None:
-            points.append((record, bench, quality))
+        cost, quality = x_of(record), value(record)
+        if cost and quality is not None:
+            points.append((record, cost, quality))
     if not points:
-        return "Quality against latency needs benchmarks: latency not measured."
+        return missing
     ax = fig.subplots()
-    points.sort(key=lambda p: p[1]["latency_ms"]["p50"])
-    for i, (record, bench, quality) in enumerate(points):
-        text = record["file"] + (" (emulated)" if bench["kind"] == "emulated" else "")
+    points.sort(key=lambda p: p[1][0])
+    for i, (record, (x, note), quality) in enumerate(points):
         # staggered offsets keep the labels of nearly equal points apart
-        ax.annotate(text, (bench["latency_ms"]["p50"], quality), textcoords="offset points",
+        ax.annotate(record["file"] + note, (x, quality), textcoords="offset points",
                     xytext=(6, 6 + 12 * (i % 4)), fontsize=8, arrowprops={"arrowstyle": "-", "color": "#a0aec0"})
     for precision in sorted({r["precision"] for r, _, _ in points}):
-        mine = [(r, b, q) for r, b, q in points if r["precision"] == precision]
-        ax.scatter([b["latency_ms"]["p50"] for _, b, _ in mine], [q for _, _, q in mine], s=70, label=precision,
+        mine = [(r, c, q) for r, c, q in points if r["precision"] == precision]
+        ax.scatter([c[0] for _, c, _ in mine], [q for _, _, q in mine], s=70, label=precision,
                    color=PRECISION_COLOR.get(precision, "#718096"), zorder=3)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", label="reference")
-    ax.set_xlabel("p50 latency (ms)" + (", some EMULATED" if any(b["kind"] == "emulated" for _, b, _ in points)
-                                        else ""))
+    ax.set_xlabel(x_label + (", some EMULATED" if any(note for _, (_, note), _ in points) else ""))
     ax.set_ylabel(label)
     low, high = _span([q for _, _, q in points], reference)
     ax.set_ylim(low, high + (high - low) * 0.6)  # headroom for the labels

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__, formats, package, resources, sources, targets
 from .data import BuildData, load_build_data
+from .energy import estimate_all as estimate_energy
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
@@ -326,6 +327,7 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
         with timings.step(f"{label} parity and host latency of {artifact.path.name} on {len(evaluation)} samples"):
             entries.append(_artifact_entry(folder, artifact, target, shared, gpu, kinds))
     compare_with_fp32(entries)
+    estimate_energy(entries, folder, context.plan.float_nodes if context.plan else [])
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
     manifest = _manifest(shared, target, folder, entries, runner.failures, kinds)
     manifest.gpu = gpu

@@ -55,6 +55,8 @@ ARTIFACT_COLUMNS = [
     Column("top-1 agree", lambda record, worst: _number(worst.get("top1_agreement"), "{:.1%}"), "number"),
     Column("accuracy", lambda record, worst: _number(record["parity"].get("accuracy"), "{:.2f}%"), "number"),
     Column("host p50 ms", lambda record, worst: _number(_host_p50(record), "{:.3f}"), "number"),
+    Column("energy est. µJ", lambda record, worst: _number(record.get("details", {}).get("energy_estimate", {})
+                                                          .get("microjoules"), "{:.2f}"), "number"),
     Column("verified on", lambda record, worst: record.get("verified_on", "-"), terminal=False),
     Column("accelerated", lambda record, worst: delegation_text(record) or "-", terminal=False),
 ]
@@ -106,7 +108,10 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     timings = [(r["file"], b) for r in artifacts for b in r.get("benchmarks", [])]
     hosts = sorted({f"  host p50: {b['where']}; {b['runs']} runs of one batch after {b['warmup']} warm-up"
                     for _, b in timings if b["runner"] == "build"})
-    return "\n".join(lines + problems + delegated + hosts + slower_lines(timings))
+    energy = ["  energy est. µJ: per inference, from MACs by precision and bytes moved (45 nm figures, Horowitz "
+              "ISSCC 2014): relative between artifacts, not a measurement"] if any(
+        r.get("details", {}).get("energy_estimate") for r in artifacts) else []
+    return "\n".join(lines + problems + delegated + hosts + energy + slower_lines(timings))
 
 
 def verdict(passed: bool | None) -> str:

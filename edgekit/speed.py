@@ -78,7 +78,7 @@ def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, 
         reasons.append(f"{delegation['delegate']} leaves {ops} to the {delegation['fallback']}")
     isa, precision = machine.get("isa", {}), entry.precision
     x86 = "avx2" in isa
-    if precision in ("int8", "dynamic_int8"):
+    if precision == "int8":  # dynamic-range files too
         if x86 and not (isa.get("avx512_vnni") or isa.get("avx_vnni")):
             reasons.append("this CPU has no VNNI (avx512_vnni / avx_vnni), so INT8 dot products are no faster than "
                            "FP32 while quantizing and dequantizing between layers costs extra")

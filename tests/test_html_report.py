@@ -120,7 +120,7 @@ def test_report_renders_in_chromium_without_network(build, chromium, tmp_path):
         assert artifact["file"] in html and artifact["benchmarks"][0]["where"] in html
 
     names = FIGURE_ID.findall(html)
-    assert names == ["size", "latency", "accuracy", "tradeoff", "layers"]
+    assert names == ["size", "latency", "accuracy", "tradeoff", "energy", "layers"]
     figures = {}
     for name, data in zip(names, EMBEDDED.findall(html), strict=True):
         png = base64.b64decode(data)
@@ -153,9 +153,9 @@ def test_missing_data_reads_as_sentences_and_emulation_is_labeled(build, tmp_pat
         artifact.pop("benchmarks", None)
         artifact.pop("layers", None)
     html = write_report(tmp_path, Manifest.from_dict(bare, "bare")).read_text()
-    assert FIGURE_ID.findall(html) == ["size", "accuracy"]
+    assert FIGURE_ID.findall(html) == ["size", "accuracy", "energy"]  # the energy estimate needs no benchmark
     assert "Latency not measured" in html and "Per-layer SNR not computed" in html
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["accuracy.png", "size.png"]
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["accuracy.png", "energy.png", "size.png"]
 
     emulated = copy.deepcopy(manifest)
     for artifact in emulated["artifacts"]:
