@@ -122,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                        "build names, else arm64; a build folder never chooses its runner)")
     _bench_flags(bench)
     bench.add_argument("--samples", type=_count, help="held-out samples for on-target parity (default: all)")
+    bench.add_argument("--energy", action="store_true", help="also measure joules per inference where this "
+                       "machine exposes power readings (RAPL), over a several-second window, idle subtracted")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
@@ -331,10 +333,10 @@ def _bench(args: argparse.Namespace) -> int:
         builtin = package.read_manifest(folder).target.builtin
         target = targets.for_build(builtin, args.target, str(folder))  # never the folder's own profile copy
         records = bench_folder(folder, target, args.runner, args.runs, args.warmup, args.threads, args.samples,
-                               only=None if path.is_dir() else path.name)
+                               only=None if path.is_dir() else path.name, energy=args.energy)
     else:
         records = bench_file(path, targets.load(args.target or "arm64"), args.runner, args.runs, args.warmup,
-                             args.threads)
+                             args.threads, args.energy)
     if args.json:
         print(json.dumps(records, indent=2, default=str))
     else:

@@ -293,11 +293,20 @@ def _bench_table(artifacts: list[dict]) -> str:
             kind = "<span class='emulated'>emulated</span>" if b["kind"] == "emulated" else _e(b["kind"])
             rows.append([_e(a["file"]), _e(b["runner"]), kind, _e(b["where"]),
                          *(f"{latency[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "min")),
-                         _e(b.get("runs", "-")), _verdict(verdict(b.get("parity", {}).get("passed")))])
+                         _e(b.get("runs", "-")), _measured_energy(b),
+                         _verdict(verdict(b.get("parity", {}).get("passed")))])
     if not rows:
         return "<p class='none'>Latency not measured: no benchmarks in this build.</p>"
     return _table(["artifact", "runner", "kind", "where measured", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms",
-                   "runs", "on-target parity"], rows, numeric={4, 5, 6, 7, 8, 9})
+                   "runs", "measured mJ / inference", "on-target parity"], rows, numeric={4, 5, 6, 7, 8, 9, 10})
+
+
+def _measured_energy(bench: dict) -> str:
+    """Joules per inference a bench measured (as mJ), or why it did not, or '-' when it was not asked."""
+    energy = bench.get("energy")
+    if not energy:
+        return "-"
+    return f"{energy['joules_per_inference'] * 1e3:.4f}" if energy["measured"] else _e(f"not measured: {energy['why']}")
 
 
 def _problems(manifest: dict) -> str:

@@ -168,7 +168,17 @@ def bench_table(records: list[dict[str, Any]]) -> str:
                      f"{r['runtime'].get('used')}, {r['threads']} thread(s), {r['runs']} runs after {r['warmup']} "
                      f"warm-up" for r in records})
     lines += [f"  {r['file']} on {r['runner']}: {problem}" for r in records for problem in r["parity"].get("failures", [])]
-    return "\n".join(lines + slower_lines([(r["file"], r) for r in records]))
+    return "\n".join(lines + energy_lines(records) + slower_lines([(r["file"], r) for r in records]))
+
+
+def energy_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Measured joules per inference, with the window and the source; or, once, why there is no reading."""
+    measured = [(r["file"], r["energy"]) for r in records if r.get("energy", {}).get("measured")]
+    lines = [f"  {file}: {e['joules_per_inference'] * 1e3:.4f} mJ per inference MEASURED over {e['window_s']:.1f} s "
+             f"({e['inferences']} inferences; idle {e['idle_watts']:.2f} W subtracted, active {e['active_watts']:.2f} W; "
+             f"{e['source']})" for file, e in measured]
+    missing = sorted({r["energy"]["why"] for r in records if r.get("energy") and not r["energy"]["measured"]})
+    return lines + [f"  energy not measured: {why}" for why in missing]
 
 
 def divergence_table(result: dict[str, Any]) -> str:

@@ -26,9 +26,10 @@ from .hosts import RUNNER, Host, SshHost, make_host
 
 
 def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
-                 threads: int | None, samples: int | None, only: str | None = None) -> list[dict[str, Any]]:
+                 threads: int | None, samples: int | None, only: str | None = None,
+                 energy: bool = False) -> list[dict[str, Any]]:
     """Bench every artifact of a build folder (or only the file named `only`); results go into its manifest,
-    its report.html and its archive."""
+    its report.html and its archive. `energy`: also measure joules per inference where power can be read."""
     from ..html_report import write_report  # matplotlib: only when a folder is benched
 
     manifest = package.read_manifest(folder)
@@ -51,6 +52,8 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         report, outputs = _run(host, artifact, inputs, settings, entry)
         parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, manifest.output_kinds)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
+        if energy:
+            record["energy"] = _energy(host, artifact, entry.format, target, (entry.inputs, entry.outputs), inputs)
         if isinstance(host, SshHost) and target.gpu and formats.get(entry.format).tensorrt:
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
@@ -64,7 +67,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
 
 
 def bench_file(path: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
-               threads: int | None) -> list[dict[str, Any]]:
+               threads: int | None, energy: bool = False) -> list[dict[str, Any]]:
     """Latency of a lone artifact on random inputs; parity needs a build folder's reference outputs."""
     from ..runners import open_runner, runtime_errors
 
@@ -79,7 +82,27 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
                 "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers}
     report, _ = _run(host, path, inputs, settings)
     parity = {"passed": None, "error": "not computed: bench a build folder for on-target parity"}
-    return [{"file": path.name, "host_parity": None, **_record(host, report, settings, parity)}]
+    record = _record(host, report, settings, parity)
+    if energy:
+        record["energy"] = _energy(host, path, formats.by_suffix(path).name, target, None, inputs)
+    return [{"file": path.name, "host_parity": None, **record}]
+
+
+def _energy(host: Host, path: Path, artifact_format: str, target: Target, io, inputs: dict[str, np.ndarray]):
+    """Joules per inference of one batch, measured in this process over a window (power.measure), or why not."""
+    from ..power import measure, power_reader
+    from ..runners import open_runner
+
+    if host.kind != "native":
+        return {"measured": False, "why": f"energy is measured on native runs only (the {host.name} runner is "
+                                          f"{host.kind}); device power readings are not wired in yet"}
+    reader, why = power_reader()
+    if reader is None:
+        return {"measured": False, "why": why}
+    runner = open_runner(path, artifact_format, target.runtime, io)
+    batch = runner.inputs[0].shape[0] if runner.inputs[0].shape else 1
+    feeds = {name: array[:batch] for name, array in inputs.items()}
+    return measure(reader, lambda: runner.run(feeds))
 
 
 def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any],
