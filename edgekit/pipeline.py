@@ -110,8 +110,8 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     for warning in data.warnings():
         progress.note(f"warning: {warning}")
     pruning = None
-    if recipe.prune:
-        with progress.step("prune and recover"):
+    if recipe.prune or recipe.cluster:
+        with progress.step("prune, share weights and recover" if recipe.cluster else "prune and recover"):
             source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
         reference, engine = _reference_outputs(source, data)
@@ -160,12 +160,12 @@ def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[
     import json
     import math
 
-    from .stages.prune import prune
+    from .stages.prune import PruneConfig, prune
 
     if source.kind != "torch":
         raise UserError(f"pruning needs the PyTorch model, and {source.reference} is ONNX: give the model as "
                         f"`file.py:factory --weights W`, or drop the prune settings")
-    config = recipe.prune
+    config = dataclasses.replace(recipe.prune or PruneConfig(), cluster=recipe.cluster)
     if len(source.inputs) > 1:
         raise UserError(f"pruning feeds the model one input, and {source.reference} takes {len(source.inputs)}: "
                         f"drop the prune settings")
@@ -396,6 +396,8 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
         details={**artifact.metadata, **({"delegation": checked.delegation} if checked.delegation else {})})
     if target.gpu and formats.get(artifact.format).tensorrt:
         entry.trtexec = trtexec_command(target, entry)
+    if shared.pruning and any(step["step"] in ("sparsity", "cluster") for step in shared.pruning["steps"]):
+        entry.details["compressed_bytes"] = package.compressed_sizes(artifact.path)
     if checked.timing:
         entry.record_benchmark(host_record(checked.timing, checked.runtime, target.runtime.threads, target.bench.arch,
                                            checked.parity.passed))

@@ -14,7 +14,7 @@ import yaml
 
 from . import example, schema
 from .errors import UserError
-from .stages.prune import PruneConfig
+from .stages.prune import ClusterConfig, PruneConfig
 from .targets import CalibrationMethod, check_counts, check_runner
 
 QuantizeChoice = Literal["int8", "fp16", "none"]
@@ -69,6 +69,7 @@ class Recipe:
     # a list of PyTorch module paths / ONNX node names.
     float_fallback: str | list[str] | None = None
     prune: PruneConfig | None = None  # channel pruning / sparsity with recovery, before export
+    cluster: ClusterConfig | None = None  # weight sharing (K values per layer), after pruning, before export
     cache: bool = True  # reuse stage results from the stage cache (edgekit.cache) when nothing they read changed
 
     def to_dict(self) -> dict[str, Any]:

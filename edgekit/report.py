@@ -108,10 +108,14 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     timings = [(r["file"], b) for r in artifacts for b in r.get("benchmarks", [])]
     hosts = sorted({f"  host p50: {b['where']}; {b['runs']} runs of one batch after {b['warmup']} warm-up"
                     for _, b in timings if b["runner"] == "build"})
+    packed = [f"{r['file']} {human_size(r['details']['compressed_bytes']['zstd'])} / "
+              f"{human_size(r['details']['compressed_bytes']['zip'])}" for r in artifacts
+              if r.get("details", {}).get("compressed_bytes")]
+    compressed = [f"  compressed (zstd / zip): {'; '.join(packed)}"] if packed else []
     energy = ["  energy est. µJ: per inference, from MACs by precision and bytes moved (45 nm figures, Horowitz "
               "ISSCC 2014): relative between artifacts, not a measurement"] if any(
         r.get("details", {}).get("energy_estimate") for r in artifacts) else []
-    return "\n".join(lines + problems + delegated + hosts + energy + slower_lines(timings))
+    return "\n".join(lines + problems + delegated + compressed + hosts + energy + slower_lines(timings))
 
 
 def verdict(passed: bool | None) -> str:
@@ -236,7 +240,11 @@ def pruning_line(report: dict[str, Any]) -> str:
         quality = f"; float accuracy: original {before['accuracy']:.2f}%, pruned {after['accuracy']:.2f}%"
     elif after.get("top1_agreement") is not None:
         quality = f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
-    chosen = report.get("search", {}).get("chosen")
-    ratio = f"ratio {chosen} (searched)" if chosen is not None else f"ratio {report['config']['ratio']}"
-    return (f"pruned ({ratio}): MACs {before['macs']:,} -> {after['macs']:,} ({report['macs_ratio']:.2f}x), "
-            f"parameters {before['parameters']:,} -> {after['parameters']:,}{quality}")
+    chosen, config = report.get("search", {}).get("chosen"), report["config"]
+    asked = [f"ratio {chosen} (searched)" if chosen is not None else
+             f"ratio {config['ratio']}" if config["ratio"] is not None else None,
+             f"sparsity {config['sparsity']}" if config.get("sparsity") else None,
+             f"{config['cluster']['clusters']} shared values per layer" if config.get("cluster") else None]
+    what = "pruned" if any(asked[:2]) else "weights shared"
+    return (f"{what} ({', '.join(a for a in asked if a)}): MACs {before['macs']:,} -> {after['macs']:,} "
+            f"({report['macs_ratio']:.2f}x), parameters {before['parameters']:,} -> {after['parameters']:,}{quality}")

@@ -16,7 +16,7 @@ from edgekit.power import RAPL_ROOT, measure, power_reader
 pytest.importorskip("zeus")
 
 IDLE_WATTS = 5.0
-MJ_PER_CALL = 3.0
+MJ_PER_CALL = 10.0
 
 
 class FakePackage:
@@ -72,10 +72,13 @@ def package(tmp_path):
 def test_joules_per_inference_above_idle_from_a_fake_powercap_tree(package):
     reader, why = power_reader(package.zone.parent)
     assert why is None and "RAPL (1 package and DRAM" in reader.source and "zeus 0.16" in reader.source
-    result = measure(reader, package.work, idle_s=0.5, window_s=1.0)
-    assert result["measured"] and result["window_s"] >= 1.0 and result["inferences"] > 100
-    assert result["idle_watts"] == pytest.approx(IDLE_WATTS, rel=0.1)
-    assert result["joules_per_inference"] * 1e3 == pytest.approx(MJ_PER_CALL, rel=0.1)
+    result = measure(reader, package.work, idle_s=1.0, window_s=1.0)
+    assert result["measured"] and result["window_s"] >= 1.0 and result["inferences"] > 20
+    # The fake counter moves when its thread is scheduled: on a loaded machine a reading can lag by a tick.
+    # Without the idle subtraction the result would be 1.5x or more (5 W over each 1 ms call), so 20% still
+    # tells right from wrong.
+    assert result["idle_watts"] == pytest.approx(IDLE_WATTS, rel=0.2)
+    assert result["joules_per_inference"] * 1e3 == pytest.approx(MJ_PER_CALL, rel=0.2)
     assert result["active_watts"] > result["idle_watts"]
 
 

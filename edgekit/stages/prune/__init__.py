@@ -1,13 +1,14 @@
 """Stage: make a PyTorch model smaller before ONNX export, then win back what pruning cost.
 
 Structured pruning removes whole channels with Torch-Pruning's dependency graph (channels), unstructured
-sparsity zeroes single weights and makes them permanent (sparsity). Recovery re-estimates batch-norm
+sparsity zeroes single weights and makes them permanent (sparsity), weight sharing clusters each layer's
+weights into K shared values (clustering). Recovery re-estimates batch-norm
 statistics and distils the original model into the pruned one on the unlabeled calibration images
 (recovery). With an accuracy or agreement budget and no ratio, a search picks the most compressed
 candidate ratio that stays inside it (search). stage.prune() ties them together over one Job.
 """
-from .config import PruneConfig
+from .config import ClusterConfig, PruneConfig
 from .measure import count_macs
 from .stage import PruneResult, prune
 
-__all__ = ["PruneConfig", "PruneResult", "count_macs", "prune"]
+__all__ = ["ClusterConfig", "PruneConfig", "PruneResult", "count_macs", "prune"]

@@ -1,4 +1,5 @@
-"""What a prune run is asked to do (PruneConfig, validated on creation) and the fixed settings it runs with."""
+"""What a compression run is asked to do (PruneConfig, ClusterConfig, validated on creation) and the fixed
+settings it runs with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +11,21 @@ Method = Literal["l1", "l2", "bn", "taylor"]
 Recovery = Literal["bn", "kd"]
 SEED = 0
 BATCH = 64
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    clusters: int = 16  # shared values per layer (K)
+    layers: list[str] = field(default_factory=list)  # module names to cluster; empty: every conv/linear layer
+    keep: list[str] = field(default_factory=list)  # module names never clustered
+    fine_tune_steps: int = 200  # distillation steps that train the shared values; 0: none
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.clusters <= 256:
+            raise UserError(f"cluster clusters {self.clusters} is outside 2..256: give the number of shared "
+                            f"values per layer, e.g. 16")
+        if self.fine_tune_steps < 0:
+            raise UserError(f"cluster fine_tune_steps {self.fine_tune_steps} must be 0 or more, e.g. 200")
 
 
 @dataclass(frozen=True)
@@ -27,6 +43,7 @@ class PruneConfig:
     max_accuracy_drop: float | None = None  # percentage points; needs labeled evaluation data
     min_agreement: float | None = None  # top-1 agreement with the original, 0..1; needs no labels
     candidates: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    cluster: ClusterConfig | None = None  # weight sharing after pruning and sparsity (set from the recipe's cluster)
 
     def __post_init__(self) -> None:
         if self.ratio is not None and not 0 < self.ratio < 1:
@@ -52,3 +69,8 @@ class PruneConfig:
     @property
     def has_budget(self) -> bool:
         return self.max_accuracy_drop is not None or self.min_agreement is not None
+
+    @property
+    def searches_ratio(self) -> bool:
+        """A budget and no ratio: search the pruning ratio (not when the budget is for clustering alone)."""
+        return self.ratio is None and self.has_budget and self.cluster is None

@@ -11,6 +11,7 @@ import numpy as np
 from ...errors import UserError
 from ...parity import output_metrics
 from .channels import prune_channels
+from .clustering import cluster
 from .config import PruneConfig
 from .measure import count_macs, predict
 from .recovery import recover
@@ -50,7 +51,7 @@ class Job:
         return round(100.0 * float((logits.argmax(1) == self.eval_y).mean()), 4)
 
     def compress(self, ratio: float | None):
-        """Structured pruning at `ratio`, then sparsity, each followed by recovery."""
+        """Structured pruning at `ratio`, then sparsity, then weight sharing, each followed by recovery."""
         model, steps = copy.deepcopy(self.teacher), []
         if ratio is not None:
             before = self.stats(model)
@@ -60,6 +61,8 @@ class Job:
                           **recover(self, model)})
         if self.config.sparsity:
             steps.append(sparsify(self, model, self.config.sparsity))
+        if self.config.cluster:
+            steps.append(cluster(self, model, self.config.cluster))
         if not steps:
-            raise UserError("nothing to prune: prune ratio is unset and sparsity is 0")
+            raise UserError("nothing to prune: prune ratio is unset, sparsity is 0 and no clustering is asked")
         return model.eval(), steps

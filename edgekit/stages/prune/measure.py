@@ -22,9 +22,14 @@ def count_macs(model, input_shape) -> int:
 
     hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
     hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # In eval mode: a training-mode forward of zeros would move every batch-norm's running statistics.
+    was_training = model.training
+    model.eval()
     try:
-        forward(model, torch.zeros(input_shape))
+        with torch.no_grad():
+            forward(model, torch.zeros(input_shape))
     finally:
+        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return total

@@ -13,17 +13,19 @@ if TYPE_CHECKING:
 LEARNING_RATE = 3e-3
 
 
-def recover(job: Job, model) -> dict[str, Any]:
-    """Run the configured recoveries on `model` in order; what each did and the quality after each."""
-    quality = [{"after": "pruning", **job.quality(model)}]
+def recover(job: Job, model, after: str = "pruning", steps: int | None = None) -> dict[str, Any]:
+    """Run the configured recoveries on `model` in order; what each did and the quality after each.
+    `steps`: distillation steps (default: the config's recover_steps)."""
+    steps = job.config.recover_steps if steps is None else steps
+    quality = [{"after": after, **job.quality(model)}]
     ran = []
     for kind in job.config.recover:
         start = time.perf_counter()
         if kind == "bn":
             layers = recalibrate_bn(model, job.unlabeled)
             ran.append({"kind": "bn", "data": f"{len(job.unlabeled)} unlabeled images", "layers": layers})
-        elif job.config.recover_steps > 0:
-            ran.append({"kind": "kd", **_distill(job, model)})
+        elif steps > 0:
+            ran.append({"kind": "kd", **_distill(job, model, steps)})
         else:
             continue
         ran[-1]["seconds"] = round(time.perf_counter() - start, 2)
@@ -53,12 +55,12 @@ def recalibrate_bn(model, images) -> int:
     return len(layers)
 
 
-def _distill(job: Job, student) -> dict[str, Any]:
+def _distill(job: Job, student, steps: int) -> dict[str, Any]:
     """Knowledge distillation: KL between temperature-softened teacher and student outputs."""
     import torch
     import torch.nn.functional as F
 
-    steps, temperature, device = job.config.recover_steps, job.config.temperature, job.device
+    temperature, device = job.config.temperature, job.device
     generator = torch.Generator().manual_seed(SEED)
     teacher = job.teacher.to(device)
     student.to(device).train()

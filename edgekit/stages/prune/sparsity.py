@@ -25,7 +25,7 @@ def sparsify(job: Job, model, amount: float) -> dict[str, Any]:
     for module in targets:
         torch_prune.l1_unstructured(module, "weight", amount=amount)
     # Recovery runs with the masks in place, so training cannot revive a zeroed weight.
-    recovery = recover(job, model)
+    recovery = recover(job, model, after="sparsity")
     for module in targets:
         torch_prune.remove(module, "weight")
     zeros = sum(int((m.weight == 0).sum()) for m in targets)

@@ -32,14 +32,16 @@ def prune(model, input_shape, config: PruneConfig, unlabeled: np.ndarray,
     input_shape = tuple(int(d) for d in input_shape)
     unlabeled = _checked(unlabeled, input_shape, "unlabeled (calibration) data")
     eval_x = _checked(eval_x, input_shape, "evaluation data")
-    if config.ratio is None and config.sparsity is None and not config.has_budget:
-        raise UserError("nothing to prune: set a ratio (--prune 0.5), a sparsity (--sparsity 0.5) or a budget "
-                        "(--max-accuracy-drop 1.0 / --min-agreement 0.98)")
+    if config.ratio is None and config.sparsity is None and not config.has_budget and config.cluster is None:
+        raise UserError("nothing to prune: set a ratio (--prune 0.5), a sparsity (--sparsity 0.5), clustering "
+                        "(--cluster 16) or a budget (--max-accuracy-drop 1.0 / --min-agreement 0.98)")
     if config.max_accuracy_drop is not None and eval_y is None:
         raise UserError("max_accuracy_drop needs labeled evaluation data: pass labels (an .npz with x and y) "
                         "or use --min-agreement, which needs none")
     _check_keep(model, config.keep)
-    structured = config.ratio is not None or config.has_budget
+    if config.cluster and _version("scikit-learn") is None:
+        raise UserError("weight sharing clusters with scikit-learn: pip install 'edgekit[prune]' (or scikit-learn)")
+    structured = config.ratio is not None or config.searches_ratio
     if structured and _version("torch-pruning") is None:
         raise UserError("channel pruning needs Torch-Pruning: pip install 'edgekit[prune]' (or torch-pruning)")
 
@@ -54,18 +56,28 @@ def prune(model, input_shape, config: PruneConfig, unlabeled: np.ndarray,
                  "labels": eval_y is not None, "device": device.type},
         "original": {**job.stats(teacher), **job.quality(teacher)},
     }
-    if config.ratio is None and config.has_budget:
+    if config.searches_ratio:
         pruned, steps, report["search"] = search(job)
     else:
         pruned, steps = job.compress(config.ratio)
         final_quality = steps[-1]["quality"][-1]
         if config.has_budget and not inside_budget(job, final_quality):
-            raise UserError(f"prune ratio {config.ratio} ends outside the budget ({describe(job, final_quality)}; "
-                            f"{budget_text(config)}): lower the ratio, or drop it to let the search choose")
+            fix = ("raise cluster.clusters or cluster.fine_tune_steps" if config.ratio is None else
+                   "lower the ratio, or drop it to let the search choose")
+            raise UserError(f"{_asked(config)} ends outside the budget ({describe(job, final_quality)}; "
+                            f"{budget_text(config)}): {fix}")
     report["steps"] = steps
     report["final"] = {**job.stats(pruned), **steps[-1]["quality"][-1]}
     report["macs_ratio"] = report["final"]["macs"] / report["original"]["macs"]
     return PruneResult(pruned.eval(), report)
+
+
+def _asked(config: PruneConfig) -> str:
+    """What was asked, in words: 'prune ratio 0.5', 'sparsity 0.5', 'clustering to 16 values'."""
+    parts = [f"prune ratio {config.ratio}" if config.ratio is not None else None,
+             f"sparsity {config.sparsity}" if config.sparsity else None,
+             f"clustering to {config.cluster.clusters} values" if config.cluster else None]
+    return " + ".join(p for p in parts if p)
 
 
 def _check_keep(model, keep: list[str]) -> None:
