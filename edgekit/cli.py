@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--cluster", type=int, metavar="K", help="share weights: K values per conv/linear layer "
                        "(k-means, snapped to the int8 grid, fine-tuned by distillation; shrinks the compressed "
                        "package, not the raw files or latency)")
+    build.add_argument("--student", metavar="FILE.py:FACTORY", help="distil the model into this smaller network "
+                       "(untrained) on unlabeled images, then build the student; the budget flags apply")
+    build.add_argument("--distill-steps", type=_count, help="distillation steps for --student (default 1000)")
+    build.add_argument("--distill-data", help="unlabeled images for --student (default: the calibration data)")
     build.add_argument("--recover", help="comma-separated recovery after pruning: bn, kd, or none (default bn,kd)")
     build.add_argument("--recover-steps", type=_count, help="distillation steps (default 300)")
     build.add_argument("--max-accuracy-drop", type=float, help="pruning budget in percentage points (needs "
@@ -115,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                          "settings and tolerances apply (default: arm64); the output is OUT/<target>-<format>")
     convert.set_defaults(handler=_convert, target=None, quantize=None, calib_method=None, exclude_node=None,
                          bench=None, require_gpu=None, float_fallback=None, prune=None, prune_method=None,
-                         sparsity=None, cluster=None, recover=None, recover_steps=None, max_accuracy_drop=None,
+                         sparsity=None, cluster=None, student=None, distill_steps=None, distill_data=None,
+                         recover=None, recover_steps=None, max_accuracy_drop=None,
                          min_agreement=None)
 
     bench = commands.add_parser("bench", help="latency and on-target parity of a build folder or an artifact")
@@ -235,6 +240,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         given["prune"] = {k: v for k, v in prune.items() if v is not None}
     if args.cluster is not None:
         given["cluster"] = {"clusters": args.cluster}
+    distill = {"student": args.student, "steps": args.distill_steps, "data": args.distill_data}
+    if any(v is not None for v in distill.values()):
+        given["distill"] = {k: v for k, v in distill.items() if v is not None}
     if args.bench:
         given["bench"] = {k: v for k, v in {"runner": args.runner, "runs": args.runs, "warmup": args.warmup,
                                             "threads": args.threads}.items() if v is not None}

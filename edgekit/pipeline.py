@@ -110,7 +110,15 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     for warning in data.warnings():
         progress.note(f"warning: {warning}")
     pruning = None
-    if recipe.prune or recipe.cluster:
+    compressing = recipe.cluster or (recipe.prune and (recipe.prune.ratio is not None or recipe.prune.sparsity
+                                                       or (recipe.prune.has_budget and not recipe.distill)))
+    if recipe.distill and compressing:
+        raise UserError("a student and pruning or weight sharing in one build: build the student first, then "
+                        "prune it in a second build")
+    if recipe.distill:
+        with progress.step(f"distil into the student {recipe.distill.student}"):
+            source, pruning = _distill(source, data, recipe)
+    if compressing:
         with progress.step("prune, share weights and recover" if recipe.cluster else "prune and recover"):
             source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
@@ -152,6 +160,41 @@ def _bench(request, target: Target, folder: Path, progress: Progress) -> list[di
     with progress.step(f"[{target.name}] bench on {runner}"):
         return bench_folder(folder, target, request.runner, request.runs, request.warmup, request.threads,
                             request.samples)
+
+
+def _distill(source: SourceModel, data: BuildData, recipe: Recipe):
+    """The student, trained from the source model, replaces it: it is what gets exported and the parity
+    reference; its agreement with the teacher is in the report."""
+    import hashlib
+    import json
+
+    from . import data as datasets
+    from .stages.prune import PruneConfig, distill_student
+
+    config = recipe.distill
+    if source.kind != "torch" or len(source.inputs) != 1:
+        raise UserError(f"distillation needs a PyTorch teacher with one input, and {source.reference} is not: "
+                        f"give the model as `file.py:factory --weights W`, or drop --student")
+    student = sources.load(config.student, None, list(source.inputs[0].shape))
+    if student.kind != "torch" or [s.shape for s in student.inputs] != [s.shape for s in source.inputs]:
+        raise UserError(f"the student {config.student} must be a PyTorch factory taking the teacher's input "
+                        f"{list(source.inputs[0].shape)}")
+    name = source.inputs[0].name
+    if config.data:
+        unlabeled = datasets.load(config.data, source.inputs, recipe.preprocess).inputs[name]
+    elif recipe.calibration.data is None:
+        raise UserError("distillation learns from unlabeled images, and --random-calib has none: pass --calib "
+                        "or --distill-data")
+    else:
+        unlabeled = data.calibration.inputs[name]
+    budget = recipe.prune or PruneConfig()
+    result = distill_student(source.module, student.module, source.inputs[0].shape, config, budget, unlabeled,
+                             (data.evaluation.inputs[name], data.evaluation.labels))
+    settings = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    digest = hashlib.sha256(f"{source.sha256}{student.sha256}{settings}".encode()).hexdigest()
+    trained = dataclasses.replace(student, module=result.module, sha256=digest,
+                                  reference=f"{student.reference} (distilled from {source.reference})")
+    return trained, result.report
 
 
 def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[Target]):

@@ -14,7 +14,7 @@ import yaml
 
 from . import example, schema
 from .errors import UserError
-from .stages.prune import ClusterConfig, PruneConfig
+from .stages.prune import ClusterConfig, DistillConfig, PruneConfig
 from .targets import CalibrationMethod, check_counts, check_runner
 
 QuantizeChoice = Literal["int8", "fp16", "none"]
@@ -70,6 +70,7 @@ class Recipe:
     float_fallback: str | list[str] | None = None
     prune: PruneConfig | None = None  # channel pruning / sparsity with recovery, before export
     cluster: ClusterConfig | None = None  # weight sharing (K values per layer), after pruning, before export
+    distill: DistillConfig | None = None  # train the user's smaller network from the model, before pruning
     cache: bool = True  # reuse stage results from the stage cache (edgekit.cache) when nothing they read changed
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,7 +111,8 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of keys to values")
     base = path.resolve().parent
-    for keys in (("model",), ("weights",), ("out",), ("eval",), ("calibration", "data")):
+    for keys in (("model",), ("weights",), ("out",), ("eval",), ("calibration", "data"), ("distill", "student"),
+                 ("distill", "data")):
         holder = data
         for key in keys[:-1]:
             holder = holder.get(key) if isinstance(holder.get(key), dict) else {}

@@ -237,14 +237,18 @@ def pruning_line(report: dict[str, Any]) -> str:
     before, after = report["original"], report["final"]
     quality = ""
     if before.get("accuracy") is not None:
-        quality = f"; float accuracy: original {before['accuracy']:.2f}%, pruned {after['accuracy']:.2f}%"
-    elif after.get("top1_agreement") is not None:
-        quality = f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
+        quality = (f"; float accuracy: original {before['accuracy']:.2f}%, "
+                   f"{'student' if report['config'].get('student') else 'pruned'} {after['accuracy']:.2f}%")
+    if after.get("top1_agreement") is not None:
+        quality += f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
     chosen, config = report.get("search", {}).get("chosen"), report["config"]
     asked = [f"ratio {chosen} (searched)" if chosen is not None else
              f"ratio {config['ratio']}" if config["ratio"] is not None else None,
              f"sparsity {config['sparsity']}" if config.get("sparsity") else None,
              f"{config['cluster']['clusters']} shared values per layer" if config.get("cluster") else None]
-    what = "pruned" if any(asked[:2]) else "weights shared"
+    if config.get("student"):
+        asked, what = [f"student {config['student']}, {config['steps']} steps"], "distilled"
+    else:
+        what = "pruned" if any(asked[:2]) else "weights shared"
     return (f"{what} ({', '.join(a for a in asked if a)}): MACs {before['macs']:,} -> {after['macs']:,} "
             f"({report['macs_ratio']:.2f}x), parameters {before['parameters']:,} -> {after['parameters']:,}{quality}")

@@ -69,6 +69,12 @@ def make_model() -> MobileNetV2Style:
     return MobileNetV2Style()
 
 
+def make_student() -> MobileNetV2Style:
+    """An untrained student for the example (`edgekit build --student edgekit.example.model:make_student`):
+    the same blocks after a stride-2 stem, a quarter of the example's MACs, learned by distillation."""
+    return MobileNetV2Style(stem_stride=2)
+
+
 def make_mobilenet_v2() -> MobileNetV2Style:
     """Full-size MobileNetV2 (3.5 M parameters, 224x224 RGB) with random weights, for tests and benchmarks.
 

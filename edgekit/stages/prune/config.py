@@ -29,6 +29,20 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    student: str  # `file.py:factory` (or `package.module:factory`) of the smaller network, untrained
+    steps: int = 1000  # distillation steps
+    temperature: float = 4.0
+    data: str | None = None  # unlabeled images to learn from (like --calib); None: the calibration data
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"distill steps {self.steps} must be 1 or more, e.g. 1000")
+        if self.temperature <= 0:
+            raise UserError(f"distill temperature {self.temperature} must be positive, e.g. 4")
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     # Fraction of channels removed from every prunable layer. The same ratio per layer, not one global
     # ranking: on the example a global ranking starved narrow layers and recovered 2 points worse.

@@ -30,8 +30,8 @@ def prune(model, input_shape, config: PruneConfig, unlabeled: np.ndarray,
                         f"as `file.py:factory --weights W`, or drop the prune settings")
     eval_x, eval_y = evaluation
     input_shape = tuple(int(d) for d in input_shape)
-    unlabeled = _checked(unlabeled, input_shape, "unlabeled (calibration) data")
-    eval_x = _checked(eval_x, input_shape, "evaluation data")
+    unlabeled = checked_data(unlabeled, input_shape, "unlabeled (calibration) data")
+    eval_x = checked_data(eval_x, input_shape, "evaluation data")
     if config.ratio is None and config.sparsity is None and not config.has_budget and config.cluster is None:
         raise UserError("nothing to prune: set a ratio (--prune 0.5), a sparsity (--sparsity 0.5), clustering "
                         "(--cluster 16) or a budget (--max-accuracy-drop 1.0 / --min-agreement 0.98)")
@@ -89,7 +89,7 @@ def _check_keep(model, keep: list[str]) -> None:
                         f"use names from model.named_modules(), e.g. {shown}")
 
 
-def _checked(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
+def checked_data(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != len(input_shape) or tuple(x.shape[1:]) != input_shape[1:] or len(x) == 0:
         raise UserError(f"{what} has shape {x.shape}; pruning needs (N, {', '.join(map(str, input_shape[1:]))})")
