@@ -60,17 +60,32 @@ class StageCache:
         return artifacts
 
     def store(self, key: str, artifacts: list[Artifact]) -> None:
+        records = [{"file": a.path.name, "format": a.format, "precision": a.precision, "metadata": a.metadata,
+                    "io": a.io and [[spec.to_dict() for spec in specs] for specs in a.io]} for a in artifacts]
+        self._write(key, [a.path for a in artifacts], records)
+
+    def load_result(self, key: str) -> Any | None:
+        """A stored JSON result (a step that makes no files, e.g. the per-layer SNR), or None."""
+        entry = self.root / key / ENTRY if self.root else None
+        if entry is None or not entry.is_file():
+            return None
+        os.utime(entry.parent)
+        return json.loads(entry.read_text())
+
+    def store_result(self, key: str, result: Any) -> None:
+        self._write(key, [], result)
+
+    def _write(self, key: str, files: list[Path], record: Any) -> None:
+        """One entry, atomically: written beside the cache under a temporary name, then renamed into place."""
         if self.root is None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         partial = self.root / f".{key}.partial-{uuid.uuid4().hex[:8]}"
         partial.mkdir()
         try:
-            for artifact in artifacts:
-                shutil.copyfile(artifact.path, partial / artifact.path.name)
-            records = [{"file": a.path.name, "format": a.format, "precision": a.precision, "metadata": a.metadata,
-                        "io": a.io and [[spec.to_dict() for spec in specs] for specs in a.io]} for a in artifacts]
-            (partial / ENTRY).write_text(json.dumps(records, default=_plain))
+            for path in files:
+                shutil.copyfile(path, partial / path.name)
+            (partial / ENTRY).write_text(json.dumps(record, default=_plain))
             partial.rename(self.root / key)
         except OSError:
             if not (self.root / key / ENTRY).is_file():  # another build storing the same entry first is fine

@@ -377,7 +377,7 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     manifest.precision_plan = context.plan.to_dict() if context.plan else None
     manifest.skipped = [{"format": name, "reason": reason} for name, reason in context.skipped.items()]
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
-        manifest.layerwise = _layerwise(folder, manifest)
+        manifest.layerwise = _layerwise(folder, manifest, shared.cache)
     package.write_manifest(folder, manifest)
     written = package.read_manifest(folder)
     digest = package.release_digest(written, package.listed_hashes(folder, written))  # bench's numbers: not part
@@ -398,9 +398,10 @@ def peak_rss_mb() -> dict[str, float]:
             "converters": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
-def _layerwise(folder: Path, manifest: Manifest) -> dict[str, Any]:
+def _layerwise(folder: Path, manifest: Manifest, cache: StageCache) -> dict[str, Any]:
     """Per-layer SNR of every reduced-precision artifact against the float ONNX graph (for report.html and
-    a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`."""
+    a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`.
+    A diagnostic, not the gate: cached on the artifacts' bytes, the held-out inputs and the library versions."""
     from .layerwise.divergence import divergence, held_out_inputs
 
     hub = manifest.artifact("model.fp32.onnx")
@@ -408,10 +409,15 @@ def _layerwise(folder: Path, manifest: Manifest) -> dict[str, Any]:
         return {"computed": False, "why": "no float ONNX artifact to map layers through"}
     per_sample = hub.details["activation_bytes"]
     samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
-    try:
-        result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
-    except UserError as err:  # a diagnostic: a layer map it cannot make must not fail a build whose parity passed
-        return {"computed": False, "why": str(err)}
+    key = cache.key("per-layer SNR", samples, manifest.versions, manifest.parity_inputs.sha256,
+                    dataclasses.asdict(manifest.target), [(e.name, e.file.sha256) for e in manifest.artifacts])
+    result = cache.load_result(key)
+    if result is None:
+        try:
+            result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
+        except UserError as err:  # a diagnostic: a layer map it cannot make must not fail a build that passed
+            return {"computed": False, "why": str(err)}
+        cache.store_result(key, result)
     for entry in manifest.artifacts:
         data = result["artifacts"].get(entry.name)
         if data and entry.precision != "fp32":

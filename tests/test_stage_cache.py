@@ -31,14 +31,22 @@ def shas(out: Path, target: str = "x86_64") -> dict[str, str]:
     return {a["file"]: a["sha256"] for a in read_manifest(out / target)["artifacts"]}
 
 
-def test_a_rerun_reuses_the_export_and_quantized_model_and_recomputes_parity(cache, tmp_path):
+def test_a_rerun_reuses_the_export_and_quantized_model_and_recomputes_parity(cache, tmp_path, monkeypatch):
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli("build", *INT8, "--out", first) == 0
-    assert cached(first) == [] and len(list(cache.iterdir())) == 2
+    assert cached(first) == [] and len(list(cache.iterdir())) == 3  # export, INT8, the per-layer SNR
+    import edgekit.layerwise.divergence as per_layer
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("the per-layer SNR of unchanged artifacts was computed again")
+
+    monkeypatch.setattr(per_layer, "divergence", recomputed)
     assert run_cli("build", *INT8, "--out", second) == 0
     assert cached(second) == [EXPORT, QUANTIZE]
     assert shas(second) == shas(first)  # the same bytes, verified again
-    assert read_manifest(second / "x86_64")["artifacts"][1]["parity"]["passed"]
+    built = read_manifest(second / "x86_64")
+    assert built["artifacts"][1]["parity"]["passed"]
+    assert built["artifacts"][1]["layers"] == read_manifest(first / "x86_64")["artifacts"][1]["layers"]
 
 
 def test_a_changed_calibration_method_remakes_the_quantized_model(cache, tmp_path):
@@ -79,7 +87,7 @@ def test_two_builds_sharing_the_cache_at_once(cache, tmp_path):
         assert build.returncode == 0, err
     assert shas(tmp_path / "b0") == shas(tmp_path / "b1")
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no partial entry left
-    assert len(list(cache.iterdir())) == 2
+    assert len(list(cache.iterdir())) == 3  # one entry each: export, INT8, per-layer SNR
     assert run_cli("build", *INT8, "--out", tmp_path / "b2") == 0
     assert cached(tmp_path / "b2") == [EXPORT, QUANTIZE]
 
