@@ -1,4 +1,5 @@
-"""Energy per inference, estimated from what an artifact does: its multiply-accumulates by precision and the
+"""Energy per inference (one call of the model with its input shape, so one batch), estimated from what an
+artifact does: its multiply-accumulates by precision and the
 bytes of weights and activations it moves, priced with the 45 nm figures of M. Horowitz, "Computing's energy
 problem (and what we can do about it)", ISSCC 2014.
 

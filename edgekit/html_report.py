@@ -177,7 +177,7 @@ def _span(values: list[float], reference: float | None) -> tuple[float, float]:
 
 
 def _preferred_benchmark(record: dict) -> dict | None:
-    """The most trustworthy timing of an artifact: device, then native, then emulated."""
+    """The most trustworthy timing of an artifact: device, then native, then the build host's, then emulated."""
     order = {"device": 0, "native": 1, "host": 2, "emulated": 3}
     benchmarks = sorted(record.get("benchmarks", []), key=lambda b: order.get(b["kind"], 3))
     return benchmarks[0] if benchmarks else None
@@ -186,7 +186,8 @@ def _preferred_benchmark(record: dict) -> dict | None:
 def _tradeoff_figure(fig: Figure, manifest: dict) -> str | None:
     def latency(record: dict) -> tuple[float, str] | None:
         bench = _preferred_benchmark(record)
-        return bench and (bench["latency_ms"]["p50"], " (emulated)" if bench["kind"] == "emulated" else "")
+        notes = {"emulated": " (emulated)", "host": " (build host)"}
+        return bench and (bench["latency_ms"]["p50"], notes.get(bench["kind"], ""))
 
     return _quality_against(fig, manifest, latency, "p50 latency (ms)",
                             "Quality against latency needs benchmarks: latency not measured.")
@@ -224,7 +225,8 @@ def _quality_against(fig: Figure, manifest: dict, x_of: Callable[[dict], tuple[f
                    color=PRECISION_COLOR.get(precision, "#718096"), zorder=3)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", label="reference")
-    ax.set_xlabel(x_label + (", some EMULATED" if any(note for _, (_, note), _ in points) else ""))
+    notes = {note for _, (_, note), _ in points if note}
+    ax.set_xlabel(x_label + (f", {' and '.join(sorted(n.strip(' ()') for n in notes)).upper()} timings" if notes else ""))
     ax.set_ylabel(label)
     low, high = _span([q for _, _, q in points], reference)
     ax.set_ylim(low, high + (high - low) * 0.6)  # headroom for the labels
@@ -294,7 +296,7 @@ def _bench_table(artifacts: list[dict]) -> str:
             rows.append([_e(a["file"]), _e(b["runner"]), kind, _e(b["where"]),
                          *(f"{latency[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "min")),
                          _e(b.get("runs", "-")), _measured_energy(b),
-                         _verdict(verdict(b.get("parity", {}).get("passed")))])
+                         _verdict(verdict(b["parity"].get("passed"))) if "parity" in b else "-"])
     if not rows:
         return "<p class='none'>Latency not measured: no benchmarks in this build.</p>"
     return _table(["artifact", "runner", "kind", "where measured", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms",

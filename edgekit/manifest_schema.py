@@ -35,6 +35,33 @@ TENSOR = {"type": "object", "required": ["name", "shape"], "additionalProperties
                                   "properties": {"kind": {"enum": ["probability", "distribution", "logits",
                                                                    "values"]},
                                                  "class_axis": {"type": ["integer", "null"]}}}}}
+NUMBER = {"type": "number"}
+COUNT = {"type": "integer", "minimum": 0}
+# What bench, build and the reports read back from an artifact's benchmark records and details.
+BENCHMARK = {"type": "object", "required": ["runner", "kind", "where", "latency_ms", "machine"],
+             "properties": {"runner": {"type": "string"}, "kind": {"enum": ["host", "native", "emulated", "device"]},
+                            "where": {"type": "string"}, "machine": {"type": "object"},
+                            "latency_ms": {"type": "object", "required": ["p50", "p90", "p99", "mean", "min"],
+                                           "additionalProperties": NUMBER},
+                            "energy": {"type": "object", "required": ["measured"],
+                                       "if": {"properties": {"measured": {"const": True}}},
+                                       "then": {"required": ["joules_per_inference", "window_s", "inferences",
+                                                             "idle_watts", "active_watts", "source"]},
+                                       "else": {"required": ["why"]}},
+                            "slower_than_fp32": {"type": "object", "required": ["sibling", "sibling_p50_ms", "why"],
+                                                 "properties": {"sibling": {"type": "string"},
+                                                                "sibling_p50_ms": NUMBER, "why": {"type": "string"}}}}}
+DETAILS = {"type": "object",
+           "properties": {"delegation": {"type": "object",
+                                         "properties": {"delegate": {"type": "string"}, "delegated_nodes": COUNT,
+                                                        "partitions": {"type": ["integer", "null"]},
+                                                        "fallback": {"type": "string"},
+                                                        "fallback_ops": {"type": "object",
+                                                                         "additionalProperties": COUNT}}},
+                          "energy_estimate": {"type": "object", "required": ["microjoules"],
+                                              "properties": {"microjoules": NUMBER}},
+                          "compressed_bytes": {"type": "object", "required": ["zstd", "zip"],
+                                               "properties": {"zstd": COUNT, "zip": COUNT}}}}
 ARTIFACT = {"type": "object",
             "required": ["file", "sha256", "bytes", "format", "precision", "inputs", "outputs", "tolerance", "parity"],
             "properties": {**FILE_RECORD["properties"],
@@ -46,7 +73,8 @@ ARTIFACT = {"type": "object",
                            "output_tolerances": {"type": "object", "additionalProperties": TOLERANCE},
                            "parity": {"type": "object", "required": ["passed"],
                                       "properties": {"passed": {"type": ["boolean", "null"]}}},
-                           "benchmarks": {"type": "array", "items": {"type": "object"}}}}
+                           "details": DETAILS,
+                           "benchmarks": {"type": "array", "items": BENCHMARK}}}
 MANIFEST = {
     "type": "object",
     "required": ["schema", "target", "source_model", "model_io", "evaluation", "artifacts", "failures", "versions"],

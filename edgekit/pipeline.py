@@ -110,8 +110,10 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     for warning in data.warnings():
         progress.note(f"warning: {warning}")
     pruning = None
-    compressing = recipe.cluster or (recipe.prune and (recipe.prune.ratio is not None or recipe.prune.sparsity
-                                                       or (recipe.prune.has_budget and not recipe.distill)))
+    # With a student, a prune section holding only the budget is the student's budget, not a prune request.
+    prune_asked = recipe.prune is not None and (not recipe.distill or recipe.prune.ratio is not None
+                                                or bool(recipe.prune.sparsity))
+    compressing = recipe.cluster or prune_asked
     if recipe.distill and compressing:
         raise UserError("a student and pruning or weight sharing in one build: build the student first, then "
                         "prune it in a second build")
@@ -171,14 +173,21 @@ def _distill(source: SourceModel, data: BuildData, recipe: Recipe):
     from . import data as datasets
     from .stages.prune import PruneConfig, distill_student
 
+    import torch
+
+    from .stages.prune.config import SEED
+
     config = recipe.distill
-    if source.kind != "torch" or len(source.inputs) != 1:
-        raise UserError(f"distillation needs a PyTorch teacher with one input, and {source.reference} is not: "
-                        f"give the model as `file.py:factory --weights W`, or drop --student")
+    if not isinstance(source.module, torch.nn.Module) or isinstance(source.module, torch.jit.ScriptModule) \
+            or len(source.inputs) != 1:
+        raise UserError(f"distillation needs a plain torch.nn.Module teacher with one input, and {source.reference} "
+                        f"is not: give the model as `file.py:factory --weights W`, or drop --student")
+    torch.manual_seed(SEED)  # the student's initial weights, so the same build makes the same student
     student = sources.load(config.student, None, list(source.inputs[0].shape))
-    if student.kind != "torch" or [s.shape for s in student.inputs] != [s.shape for s in source.inputs]:
-        raise UserError(f"the student {config.student} must be a PyTorch factory taking the teacher's input "
-                        f"{list(source.inputs[0].shape)}")
+    if not isinstance(student.module, torch.nn.Module) or isinstance(student.module, torch.jit.ScriptModule) \
+            or [s.shape for s in student.inputs] != [s.shape for s in source.inputs]:
+        raise UserError(f"the student {config.student} must be a PyTorch factory (a torch.nn.Module) taking the "
+                        f"teacher's input {list(source.inputs[0].shape)}")
     name = source.inputs[0].name
     if config.data:
         unlabeled = datasets.load(config.data, source.inputs, recipe.preprocess).inputs[name]
@@ -448,8 +457,7 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
     if shared.pruning and any(step["step"] in ("sparsity", "cluster") for step in shared.pruning["steps"]):
         entry.details["compressed_bytes"] = package.compressed_sizes(artifact.path)
     if checked.timing:
-        entry.record_benchmark(host_record(checked.timing, checked.runtime, target.runtime.threads, target.bench.arch,
-                                           checked.parity.passed))
+        entry.record_benchmark(host_record(checked.timing, checked.runtime, target.runtime.threads, target.bench.arch))
     return entry
 
 

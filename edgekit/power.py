@@ -7,6 +7,7 @@ window, the idle and active power and the source. Where there is no reading, it 
 """
 from __future__ import annotations
 
+import functools
 import time
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from .errors import first_line
 
 RAPL_ROOT = Path("/sys/class/powercap/intel-rapl")
-IDLE_S, WINDOW_S = 2.0, 5.0
+IDLE_S, WINDOW_S, SETTLE_S = 2.0, 5.0, 0.5
 
 
 class Rapl:
@@ -24,7 +25,11 @@ class Rapl:
     def __init__(self, root: Path):
         from zeus.device.cpu.rapl import RAPLCPU
 
-        indices = sorted(int(p.name.split(":")[1]) for p in root.glob("intel-rapl:*") if p.name.split(":")[1].isdigit())
+        # Only CPU packages: a laptop's psys zone (the whole platform) would count the package twice.
+        indices = sorted(int(zone.name.split(":")[1]) for zone in root.glob("intel-rapl:*")
+                         if zone.name.split(":")[1].isdigit() and _zone_name(zone).startswith("package"))
+        if not indices:
+            raise OSError(f"no package-N zone under {root}")
         self.packages = [RAPLCPU(index, str(root)) for index in indices]
         dram = " and DRAM" if any(p.dram is not None for p in self.packages) else ""
         self.source = (f"RAPL ({len(indices)} package{'s' * (len(indices) != 1)}{dram}, {root}), "
@@ -38,8 +43,17 @@ class Rapl:
         return total
 
 
+def _zone_name(zone: Path) -> str:
+    try:
+        return (zone / "name").read_text().strip()
+    except OSError:
+        return ""
+
+
+@functools.cache
 def power_reader(root: Path = RAPL_ROOT) -> tuple[Rapl | None, str | None]:
-    """(a reader, None), or (None, why this machine gives no reading)."""
+    """(a reader, None), or (None, why this machine gives no reading); one reader per tree and process, so
+    zeus starts its wrap-around trackers once."""
     if not any(root.glob("intel-rapl:*")):
         return None, (f"no power reading on this machine: {root} is absent (RAPL needs a Linux host with an "
                       f"Intel or AMD CPU; in a container, mount it)")
@@ -54,8 +68,13 @@ def power_reader(root: Path = RAPL_ROOT) -> tuple[Rapl | None, str | None]:
 
 
 def measure(reader: Rapl, workload: Callable[[], Any], idle_s: float = IDLE_S,
-            window_s: float = WINDOW_S) -> dict[str, Any]:
-    """Joules per call of `workload` above idle: idle power over `idle_s`, then calls for `window_s`."""
+            window_s: float = WINDOW_S, warmup: int = 3) -> dict[str, Any]:
+    """Joules per call of `workload` above idle: a few warm-up calls, idle power over `idle_s`, then calls
+    for `window_s`. Not measured when nothing is left above idle (other load fell during the window)."""
+    for _ in range(warmup):
+        workload()
+    reader.millijoules()  # zeus starts its wrap-around trackers (child processes) on the first read
+    time.sleep(SETTLE_S)
     start, began = reader.millijoules(), time.perf_counter()
     time.sleep(idle_s)
     idle_mj, idle_elapsed = reader.millijoules() - start, time.perf_counter() - began
@@ -66,8 +85,11 @@ def measure(reader: Rapl, workload: Callable[[], Any], idle_s: float = IDLE_S,
         runs += 1
     used_mj, elapsed = reader.millijoules() - start, time.perf_counter() - began
     above_idle_mj = used_mj - idle_watts * 1000 * elapsed
+    if above_idle_mj <= 0:
+        return {"measured": False, "why": f"no energy above the idle {idle_watts:.2f} W over {elapsed:.1f} s "
+                                          f"(other load on the machine changed): measure on a quiet machine"}
     return {"measured": True, "joules_per_inference": above_idle_mj / runs / 1000, "inferences": runs,
             "window_s": round(elapsed, 3), "idle_watts": round(idle_watts, 3),
             "active_watts": round(used_mj / elapsed / 1000, 3), "source": reader.source,
-            "note": "whole-package energy above the idle power measured just before; other load on the "
-                    "machine during the window counts too"}
+            "note": "per call of the model (one batch of its input shape); whole-package energy above the idle "
+                    "power measured just before; other load on the machine during the window counts too"}

@@ -96,6 +96,9 @@ def make(recipe_path: str | None = None, overrides: dict[str, Any] | None = None
         check_runner(bench.runner, f"{where}: bench.runner")
     if not recipe.targets:
         raise UserError(f"{where}: give at least one target")
+    if recipe.prune and recipe.prune.cluster is not None:
+        raise UserError(f"{where}: weight sharing is its own section: write `cluster: {{clusters: K}}` at the top "
+                        f"level, not inside prune")
     if isinstance(recipe.float_fallback, str) and recipe.float_fallback != "auto":
         raise UserError(f"{where}: float_fallback is '{recipe.float_fallback}'; write auto, or a list of layers")
     return recipe

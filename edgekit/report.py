@@ -112,8 +112,8 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
               f"{human_size(r['details']['compressed_bytes']['zip'])}" for r in artifacts
               if r.get("details", {}).get("compressed_bytes")]
     compressed = [f"  compressed (zstd / zip): {'; '.join(packed)}"] if packed else []
-    energy = ["  energy est. µJ: per inference, from MACs by precision and bytes moved (45 nm figures, Horowitz "
-              "ISSCC 2014): relative between artifacts, not a measurement"] if any(
+    energy = ["  energy est. µJ: per inference (one call of the model's input shape), from MACs by precision and "
+              "bytes moved (45 nm figures, Horowitz ISSCC 2014): relative between artifacts, not a measurement"] if any(
         r.get("details", {}).get("energy_estimate") for r in artifacts) else []
     return "\n".join(lines + problems + delegated + compressed + hosts + energy + slower_lines(timings))
 

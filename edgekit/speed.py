@@ -37,8 +37,7 @@ def host_timing(runner: Runner, inputs: dict[str, np.ndarray]) -> dict[str, Any]
     return {"latency_ms": percentiles(np.array(times)), "runs": len(times), "warmup": WARMUP, "samples": batch}
 
 
-def host_record(timing: dict[str, Any], runtime: dict[str, Any], threads: int, target_arch: str,
-                parity_passed: bool) -> dict[str, Any]:
+def host_record(timing: dict[str, Any], runtime: dict[str, Any], threads: int, target_arch: str) -> dict[str, Any]:
     """A benchmark record (the shape `edgekit bench` writes) for the build's own timing."""
     machine = machine_info()
     arch = ARCH_NAMES.get(platform.machine().lower(), platform.machine())
@@ -46,7 +45,7 @@ def host_record(timing: dict[str, Any], runtime: dict[str, Any], threads: int, t
     if arch != target_arch:
         where += f": host, not the target device ({target_arch})"
     return {"runner": "build", "kind": "host", "where": where, "machine": machine, "runtime": runtime,
-            "threads": threads, **timing, "parity": {"passed": parity_passed}}
+            "threads": threads, **timing}
 
 
 def compare_with_fp32(entries: list[ArtifactEntry]) -> None:
@@ -61,6 +60,8 @@ def compare_with_fp32(entries: list[ArtifactEntry]) -> None:
         for record in entry.benchmarks:
             other = theirs.get(record["runner"])
             record.pop("slower_than_fp32", None)
+            if record["kind"] == "emulated":  # emulated speed says nothing about a CPU: no verdict, no cause
+                continue
             if other and record["latency_ms"]["p50"] > SLOWER * other["latency_ms"]["p50"]:
                 record["slower_than_fp32"] = {"sibling": sibling.name, "sibling_p50_ms": other["latency_ms"]["p50"],
                                               "why": why_slower(entry, sibling, record["machine"])}
@@ -70,12 +71,13 @@ def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, 
     """What explains it, from what the build recorded: ops the delegate left out that it took in the fp32
     file, and the CPU features reduced precision needs."""
     reasons = []
-    left = entry.details.get("delegation", {}).get("fallback_ops", {})
+    delegation = entry.details.get("delegation", {})
+    left = delegation.get("fallback_ops", {})
     extra = {op: n for op, n in left.items() if op not in sibling.details.get("delegation", {}).get("fallback_ops", {})}
     if extra:
-        delegation = entry.details["delegation"]
         ops = ", ".join(f"{op} x{n}" for op, n in extra.items())
-        reasons.append(f"{delegation['delegate']} leaves {ops} to the {delegation['fallback']}")
+        reasons.append(f"{delegation.get('delegate', 'the delegate')} leaves {ops} to the "
+                       f"{delegation.get('fallback', 'other kernels')}")
     isa, precision = machine.get("isa", {}), entry.precision
     x86 = "avx2" in isa
     if precision == "int8":  # dynamic-range files too

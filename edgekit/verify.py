@@ -37,9 +37,14 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
     try:
         runner = open_runner(path, artifact_format, runtime, io)
         outputs = run_dataset(runner, inputs)
-        timing = host_timing(runner, inputs) if timed else None
     except runtime_errors() as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
-    return Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
-                        runner.outputs, runner.delegation(), timing)
+    checked = Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
+                           runner.outputs)
+    try:  # measurements beside the verdict: when one fails, the artifact keeps its verdict and goes without it
+        checked.delegation = runner.delegation()
+        checked.timing = host_timing(runner, inputs) if timed else None
+    except runtime_errors():
+        pass
+    return checked

@@ -12,7 +12,9 @@ PACKAGES=${EDGEKIT_DEVICE_PACKAGES:-numpy onnxruntime ai-edge-litert executorch-
 download_wheels() {
     local arch=$1 dest=$2
     shift 2
-    [[ -f $dest/.done && "$(cat "$dest/.done")" == "$*" ]] && return 1
+    # The mark names the Python and glibc too: wheels for another device Python are downloaded again.
+    local mark="cp$DEVICE_PYTHON glibc 2.$GLIBC_MINOR $*"
+    [[ -f $dest/.done && "$(cat "$dest/.done")" == "$mark" ]] && return 1
     echo "[wheels] downloading $arch wheels: $*" >&2
     rm -rf "$dest" && mkdir -p "$dest"
     # pip does not widen --platform to older compatible tags: list every manylinux tag that
@@ -21,5 +23,5 @@ download_wheels() {
     for minor in $(seq 17 "$GLIBC_MINOR"); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
     "${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --dest "$dest" "${platforms[@]}" \
         --python-version "$DEVICE_PYTHON" --implementation cp "$@" >&2
-    echo "$*" >"$dest/.done"
+    echo "$mark" >"$dest/.done"
 }

@@ -53,7 +53,8 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, manifest.output_kinds)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if energy:
-            record["energy"] = _energy(host, artifact, entry.format, target, (entry.inputs, entry.outputs), inputs)
+            record["energy"] = _energy(host, artifact, entry.format, target, settings["threads"],
+                                       (entry.inputs, entry.outputs), inputs)
         if isinstance(host, SshHost) and target.gpu and formats.get(entry.format).tensorrt:
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
@@ -84,12 +85,15 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
     parity = {"passed": None, "error": "not computed: bench a build folder for on-target parity"}
     record = _record(host, report, settings, parity)
     if energy:
-        record["energy"] = _energy(host, path, formats.by_suffix(path).name, target, None, inputs)
+        record["energy"] = _energy(host, path, formats.by_suffix(path).name, target, settings["threads"], None, inputs)
     return [{"file": path.name, "host_parity": None, **record}]
 
 
-def _energy(host: Host, path: Path, artifact_format: str, target: Target, io, inputs: dict[str, np.ndarray]):
-    """Joules per inference of one batch, measured in this process over a window (power.measure), or why not."""
+def _energy(host: Host, path: Path, artifact_format: str, target: Target, threads: int, io,
+            inputs: dict[str, np.ndarray]):
+    """Joules per call (one batch), measured in this process over a window (power.measure), or why not."""
+    import dataclasses
+
     from ..power import measure, power_reader
     from ..runners import open_runner
 
@@ -99,7 +103,7 @@ def _energy(host: Host, path: Path, artifact_format: str, target: Target, io, in
     reader, why = power_reader()
     if reader is None:
         return {"measured": False, "why": why}
-    runner = open_runner(path, artifact_format, target.runtime, io)
+    runner = open_runner(path, artifact_format, dataclasses.replace(target.runtime, threads=threads), io)
     batch = runner.inputs[0].shape[0] if runner.inputs[0].shape else 1
     feeds = {name: array[:batch] for name, array in inputs.items()}
     return measure(reader, lambda: runner.run(feeds))

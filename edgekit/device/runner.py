@@ -190,7 +190,10 @@ def tflite_delegation(ops):
 
 
 def delegation_text(delegation):
-    """One line from a delegation report: what the delegate (or preferred provider) took, what it left."""
+    """One line from a delegation report: what the delegate (or preferred provider) took, what it left;
+    None for a report without these keys (a folder made before they were named so)."""
+    if not all(key in delegation for key in ("delegate", "delegated_nodes", "fallback", "fallback_ops")):
+        return None
     partitions = delegation.get("partitions")
     where = "" if partitions is None else f" in {partitions} partition{'s' * (partitions != 1)}"
     left = ", ".join(f"{op} x{count}" for op, count in delegation["fallback_ops"].items()) or "none"

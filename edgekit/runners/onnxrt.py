@@ -5,7 +5,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +47,9 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # The first run is profiled: its events say which execution provider ran each node. ONNX Runtime
-        # writes the file only when profiling ends, so a runner that never runs leaves nothing behind.
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"edgekit-ort-{uuid.uuid4().hex}")
+        self.path, self.options, self.chosen = path, options, chosen
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
-        self.placement: dict[str, Any] | None = None
+        self.sample: dict[str, np.ndarray] | None = None  # the first batch run, for delegation()
         self.requested = list(providers)
         self.threads = threads
         self.version = ort.__version__
@@ -62,8 +58,8 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(None, feeds)
-        if self.placement is None:
-            self.placement = _placement(Path(self.session.end_profiling()), self.session.get_providers()[0])
+        if self.sample is None:
+            self.sample = feeds
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
     def describe(self) -> dict[str, Any]:
@@ -71,17 +67,30 @@ class OnnxRuntimeRunner(Runner):
                 "requested_providers": self.requested, "threads": self.threads}
 
     def delegation(self) -> dict[str, Any] | None:
-        return self.placement
+        """Nodes per execution provider: the first batch again, in a session of its own that profiles it (each
+        node's kernel event names its provider). The profile is written in a private folder, then removed."""
+        import onnxruntime as ort
+
+        if self.sample is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="edgekit-ort-profile-") as folder:
+            self.options.enable_profiling = True
+            self.options.profile_file_prefix = os.path.join(folder, "profile")
+            try:
+                profiled = ort.InferenceSession(str(self.path), self.options, providers=self.chosen)
+                profiled.run(None, self.sample)
+                events = json.loads(Path(profiled.end_profiling()).read_text())
+                del profiled
+            finally:
+                self.options.enable_profiling = False
+        return _placement(events, self.session.get_providers()[0])
 
 
-def _placement(profile: Path, preferred: str) -> dict[str, Any]:
-    """Nodes per execution provider, from a profiled run (each node's kernel event names its provider):
-    the preferred provider's count, and what the others ran, by op type. Deletes the profile."""
-    events = json.loads(profile.read_text())
-    profile.unlink()
-    nodes = {e["name"]: e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+def _placement(events: list[dict[str, Any]], preferred: str) -> dict[str, Any]:
+    """The preferred provider's node count, and what the others ran, by op type."""
+    nodes = [e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     left: dict[str, int] = {}
-    for args in nodes.values():
+    for args in nodes:
         if args["provider"] != preferred:
             key = f"{args['op_name']} ({args['provider']})"
             left[key] = left.get(key, 0) + 1

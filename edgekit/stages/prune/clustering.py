@@ -1,6 +1,7 @@
 """Weight sharing (Deep Compression's weight clustering): each conv/linear layer's weights become K shared
-values, found by k-means (scikit-learn), snapped to the layer's symmetric int8 grid so a later INT8
-quantization keeps them, then fine-tuned: the shared values (centroids) learn by distillation from the
+values, found by k-means (scikit-learn), snapped to the layer's symmetric int8 grid (exact for a per-tensor
+INT8 quantization of the layer as it is; the exporter's BatchNorm folding and per-channel quantizers rescale
+each output channel, which still keeps at most K values per channel), then fine-tuned: the shared values (centroids) learn by distillation from the
 original, each centroid's gradient the sum of its weights' gradients, and the sharing never breaks.
 
 What it buys, honestly: the ONNX and TFLite files still store every weight densely, so their raw size does
