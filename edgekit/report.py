@@ -115,7 +115,9 @@ def summary_table(artifacts: list[dict[str, Any]], failures: list[dict[str, str]
     energy = ["  energy est. µJ: per inference (one call of the model's input shape), from MACs by precision and "
               "bytes moved (45 nm figures, Horowitz ISSCC 2014): relative between artifacts, not a measurement"] if any(
         r.get("details", {}).get("energy_estimate") for r in artifacts) else []
-    return "\n".join(lines + problems + delegated + compressed + hosts + energy + slower_lines(timings))
+    # The build's own timings; a bench runner's comparisons are printed under its bench table.
+    built = [(file, record) for file, record in timings if record["runner"] == "build"]
+    return "\n".join(lines + problems + delegated + compressed + hosts + energy + slower_lines(built))
 
 
 def verdict(passed: bool | None) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import read_manifest
 from edgekit.manifest import Manifest
-from edgekit.report import summary_table
+from edgekit.report import slower_lines, summary_table
 from edgekit.speed import MIN_RUNS, RUNS, compare_with_fp32
 
 HOST_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine())
@@ -67,8 +67,11 @@ def test_a_case_built_to_be_slower_names_the_missing_cpu_feature(example_build, 
     compare_with_fp32(manifest.artifacts)
     (record,) = next(e for e in manifest.artifacts if e.name == file).benchmarks
     assert record["slower_than_fp32"]["sibling_p50_ms"] == 1.0 and cause in record["slower_than_fp32"]["why"]
-    text = summary_table(manifest.to_dict()["artifacts"], [])
+    records = [{"file": e.name, **b} for e in manifest.artifacts for b in e.benchmarks]
+    text = "\n".join(slower_lines([(r["file"], r) for r in records]))
     assert f"{file} is SLOWER than model.fp32.{fmt} on ssh://pi@board (1.500 ms against 1.000 ms p50" in text
+    # a bench runner's comparison is printed under its bench table, not again in the build summary
+    assert "on ssh://pi@board" not in summary_table(manifest.to_dict()["artifacts"], [])
 
     _timed(manifest, file, 0.5, machine)  # faster: nothing to say
     compare_with_fp32(manifest.artifacts)
