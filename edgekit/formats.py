@@ -33,6 +33,8 @@ class Format:
     # by value through its own fp32 file, and its other files are aligned to that one op by op, with these
     # bookkeeping ops set aside and these hub operators counted as fused into their producer.
     hub_names: bool = False
+    # Modules its stages import in a child process: a child starts importing them while the build exports.
+    child_modules: tuple[str, ...] = ()
     bookkeeping_ops: tuple[str, ...] = ()
     fused_ops: tuple[str, ...] = ()
 
@@ -79,7 +81,7 @@ def _tflite_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
     def stage(name: str, chosen: list[str], fallback: Stage | None = None) -> Stage:
         return Stage(f"{name} ({', '.join(chosen)})", 1, "tflite", tuple(chosen), (HUB,),
                      lambda c: _tflite_artifacts(c, chosen), fallback=fallback,
-                     settings=lambda c: (c.target.tflite.io_type, c.float_nodes))
+                     settings=lambda c: (c.target.tflite.io_type, c.float_nodes), in_child=True)
 
     if context.plan and "dynamic_int8" in precisions:
         precisions = [p for p in precisions if p != "dynamic_int8"]
@@ -93,7 +95,6 @@ def _tflite_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
 
 
 def _tflite_artifacts(context: StageContext, precisions: list[str]) -> list[Artifact]:
-    from .isolation import isolated
     from .stages.tflite import convert_tflite
     from .stages.tflite_fallback import convert_tflite_int8_with_float_ops
 
@@ -101,11 +102,12 @@ def _tflite_artifacts(context: StageContext, precisions: list[str]) -> list[Arti
     unplanned = [p for p in precisions if not (planned and p == "int8")]
     artifacts = []
     if unplanned:
-        artifacts += isolated("onnx2tf", convert_tflite, context.hub, unplanned, context.calibration, io_type,
-                              context.folder)
+        artifacts += context.converters.run("onnx2tf", context.stop, convert_tflite, context.hub, unplanned,
+                                            context.calibration, io_type, context.folder)
     if planned:
-        artifacts.append(isolated("the TFLite INT8 conversion with float layers", convert_tflite_int8_with_float_ops,
-                                  context.hub, context.float_nodes, context.calibration, io_type, context.folder))
+        artifacts.append(context.converters.run("the TFLite INT8 conversion with float layers", context.stop,
+                                                convert_tflite_int8_with_float_ops, context.hub, context.float_nodes,
+                                                context.calibration, io_type, context.folder))
     return artifacts
 
 
@@ -152,7 +154,8 @@ FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
            tensorrt=True, hub_names=True),
     Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
-           _tflite_capture, bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu")),
+           _tflite_capture, bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu"),
+           child_modules=("onnx2tf", "edgekit.stages.tflite")),
     # ExecuTorch's intermediate-output tap gives wrong values on quantized programs (1.5.1): no capture yet.
     Format("pte", ".pte", "ExecuTorch (XNNPACK)", ("fp32", "int8"), _pte_stages, _pte_runner, None),
 )}

@@ -19,6 +19,7 @@ from .energy import estimate_all as estimate_energy
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
+from .isolation import Converters
 from .manifest import ArtifactEntry, Failure, Manifest, TargetRecord
 from .output_kinds import OutputKind
 from .parity import accuracy, classifier_output, range_problems
@@ -30,8 +31,9 @@ from .sources import SourceModel, sha256_file
 from .spec import TensorSpec
 from .speed import compare_with_fp32, host_record
 from .cache import StageCache, dataset_hash, default_root, model_fingerprint
-from .stages import Artifact, Stage, StageContext, validate_order
+from .stages import Artifact, StageContext, validate_order
 from .stages.export_onnx import EXPORT_VERSION, export_onnx
+from .stages.runner import StageRunner
 from .targets import Target
 from .verify import verify
 
@@ -53,6 +55,7 @@ class BuildInputs:
     pruning: dict[str, Any] | None  # the prune stage's report; the pruned model is the reference
     scratch: Path  # where the float ONNX hubs are exported
     cache: StageCache
+    converters: Converters
     hubs: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # per opset, shared by its targets
     cached_hubs: set[int] = dataclasses.field(default_factory=set)  # the opsets whose hub came from the cache
 
@@ -129,8 +132,12 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     results = []
     hubs = tempfile.TemporaryDirectory(prefix="edgekit-hub-")
     cache = StageCache(default_root() if recipe.cache else None)
-    shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache)
-    with hubs:
+    with hubs, Converters() as converters:
+        modules = sorted({module for target in profiles for name in target.formats
+                          for module in formats.get(name).child_modules})
+        if modules:
+            converters.warm(modules)
+        shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache, converters)
         for target in profiles:
             results.append(_publish(shared, target, out, progress))
     return results
@@ -272,7 +279,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     if recipe.calibration.method:
         scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
     context = StageContext(hub, target, calibration, scheme, recipe.calibration.exclude_nodes, None, folder,
-                           shared.source)
+                           shared.source, converters=shared.converters)
     stages = [stage for name, precisions in chosen.items() for stage in formats.get(name).stages(context, precisions)]
     validate_order(stages)
     for stage in stages:
@@ -293,7 +300,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
                                                  dataset_hash(calibration)), progress, label)
     if target.opset in shared.cached_hubs:
         runner.cached.append(export_step)
-    artifacts = [artifact for stage in stages for artifact in runner.run(stage)]
+    artifacts = runner.run_all(stages)
     if hub not in artifacts:
         hub.path.unlink()
     return artifacts, runner, context, kinds
@@ -320,40 +327,6 @@ def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, labe
     shutil.copyfile(exported.path, folder / exported.path.name)
     return (dataclasses.replace(exported, path=folder / exported.path.name, metadata=copy.deepcopy(exported.metadata)),
             step)
-
-
-@dataclass
-class StageRunner:
-    """Runs a target's stages through the stage cache, under the one failure policy: a stage that cannot make
-    its artifacts is recorded as a failure (which fails the build) and its fallback, if it has one, is tried;
-    the other stages go on."""
-    context: StageContext
-    cache: StageCache
-    common: tuple  # what every stage's artifacts depend on: library versions, the hub's bytes, calibration data
-    progress: Progress
-    label: str
-    failures: list[Failure] = dataclasses.field(default_factory=list)
-    cached: list[str] = dataclasses.field(default_factory=list)
-
-    def run(self, stage: Stage) -> list[Artifact]:
-        try:
-            with self.progress.step(f"{self.label} {stage.name}"):
-                return stage.ensure(self._made(stage))
-        except UserError as err:
-            self.failures.append(Failure(stage.name, stage.format, str(err)))
-        return self.run(stage.fallback) if stage.fallback else []
-
-    def _made(self, stage: Stage) -> list[Artifact]:
-        if stage.settings is None:
-            return stage.run(self.context)
-        key = self.cache.key(*self.common, stage.format, stage.makes, stage.version, stage.settings(self.context))
-        made = self.cache.load(key, self.context.folder)
-        if made is None:
-            made = stage.run(self.context)
-            self.cache.store(key, made)
-        else:
-            self.cached.append(stage.name)
-        return made
 
 
 def chosen_precisions(listed: list[str], quantize: str | None, made: tuple[str, ...]) -> list[str]:

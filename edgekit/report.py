@@ -16,6 +16,8 @@ class Progress:
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.timings: dict[str, float] = {}
+        # Held here: a stage that silences a library swaps sys.stderr while a background stage still reports.
+        self.stream = sys.stderr
 
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
@@ -31,7 +33,7 @@ class Progress:
 
     def _print(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
+            print(text, file=self.stream, flush=True)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import onnx
 import pytest
@@ -93,6 +94,30 @@ def test_interrupted_build_leaves_the_previous_output_untouched(tmp_path, monkey
     assert run_cli("build", "--target", "x86_64", "--out", out, "--quiet") == 130
     assert sorted(p.name for p in out.iterdir()) == ["x86_64", "x86_64.tar.gz"]  # no staging folder left
     assert (out / "x86_64" / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_an_interrupt_beside_a_converting_child_stops_the_child(tmp_path, monkeypatch):
+    """onnx2tf converts in a child process while this process quantizes (the two stages overlap); Ctrl-C during
+    the quantization ends the child too, and nothing is published."""
+    psutil = pytest.importorskip("psutil")
+    converting = []
+
+    def interrupted(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not converting:
+            assert time.monotonic() < deadline, "the TFLite conversion never started beside the quantization"
+            converting.extend(child for child in psutil.Process().children(recursive=True)
+                              if "spawn_main" in " ".join(child.cmdline()))
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize_module, "quantize_int8", interrupted)
+    out = tmp_path / "out"
+    assert run_cli("build", "--target", "arm64", "--out", out, "--quiet") == 130
+    _, alive = psutil.wait_procs(converting, timeout=10)
+    assert alive == []
+    assert list(out.iterdir()) == []
 
 
 def test_inspect_reports_io_parameters_macs_and_operators(capsys, example_build):

@@ -209,9 +209,11 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
         interpreter.invoke()
         run = {}
         for index in order:
-            value = adapter.from_runtime(interpreter.get_tensor(index), entries[index])
-            if index not in output_entries and value.ndim >= 3:  # graph outputs are laid out by their entry
-                value = np.transpose(value, [0, value.ndim - 1, *range(1, value.ndim - 1)])
-            run[key[index]] = value
+            run[key[index]] = adapter.from_runtime(interpreter.get_tensor(index), entries[index])
         runs.append(run)
-    return Capture(_collect(runs), {key[i]: kinds[i] for i in order})
+    # Channel-first views of the joined channel-last tensors (graph outputs are laid out by their entry):
+    # joining first is one contiguous copy, where joining transposed views is a slow strided one.
+    channel_last = {key[i] for i in order if i not in output_entries}
+    tensors = {name: np.moveaxis(value, -1, 1) if name in channel_last and value.ndim >= 3 else value
+               for name, value in _collect(runs).items()}
+    return Capture(tensors, {key[i]: kinds[i] for i in order})

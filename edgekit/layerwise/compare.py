@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..parity import sample_cosines
+from ..parity import cosines_from_sums
 from .capture import Capture
 
 
@@ -34,21 +34,29 @@ def layer_metrics(reference: np.ndarray, actual: np.ndarray) -> tuple[float, flo
     """SNR, median per-channel SNR (axis 1), mean per-sample cosine and max absolute error of one layer.
     A tensor whose range one huge channel sets keeps a high overall SNR when INT8 rounds every other
     channel to zero; its per-channel SNR shows the loss. Channels that are all zero in the reference
-    have no signal to lose and are left out."""
-    ref, out = reference.astype(np.float64), actual.astype(np.float64)
-    squared_noise, squared_signal = (out - ref) ** 2, ref ** 2
-    snr = _snr(float(squared_signal.sum()), float(squared_noise.sum()))
+    have no signal to lose and are left out. Sums run in float64 over float32 products (one pass each,
+    no float64 copy of a layer)."""
+    ref = reference.astype(np.float32, copy=False)
+    noise = actual.astype(np.float32, copy=False) - ref
     if ref.ndim < 2:
+        ref, noise = ref[:, None], noise[:, None]
+    # einsum reads any memory layout (captures may be channel-first views of channel-last data): no copies
+    axes = list(range(ref.ndim))  # sample, channel, the rest
+    signal_sums = np.einsum(ref, axes, ref, axes, [0, 1], dtype=np.float64)
+    noise_sums = np.einsum(noise, axes, noise, axes, [0, 1], dtype=np.float64)
+    cross = np.einsum(ref, axes, noise, axes, [0], dtype=np.float64)
+    snr = _snr(float(signal_sums.sum()), float(noise_sums.sum()))
+    if reference.ndim < 2:
         channel = snr
     else:
-        others = tuple(axis for axis in range(ref.ndim) if axis != 1)
-        live = (ref != 0).any(axis=others)
+        live = (ref != 0).any(axis=tuple(axis for axis in range(ref.ndim) if axis != 1))
         channels = [_snr(signal, noise) for signal, noise in
-                    zip(squared_signal.sum(axis=others)[live], squared_noise.sum(axis=others)[live])]
+                    zip(signal_sums.sum(axis=0)[live], noise_sums.sum(axis=0)[live])]
         channel = float(np.median(channels)) if channels else math.inf
-    flat = len(ref), -1
-    cosine = float(sample_cosines(ref.reshape(flat), out.reshape(flat)).mean())
-    return snr, channel, cosine, float(np.sqrt(squared_noise.max())) if ref.size else 0.0
+    ref_squares, noise_squares = signal_sums.sum(axis=1), noise_sums.sum(axis=1)
+    # out = ref + noise: out.ref = |ref|^2 + ref.noise, |out|^2 = |ref|^2 + 2 ref.noise + |noise|^2
+    cosine = float(cosines_from_sums(ref_squares + cross, ref_squares, ref_squares + 2 * cross + noise_squares).mean())
+    return snr, channel, cosine, float(np.abs(noise).max()) if ref.size else 0.0
 
 
 def _snr(signal: float, noise: float) -> float:

@@ -6,6 +6,7 @@ artifact's per-layer numbers are computed against the reference on the same inpu
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,29 +52,32 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
             through_float[fmt.name] = capture, pairs
             coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
     threshold = _threshold(manifest)
-    results, not_mapped = {}, {}
+    not_mapped = {}
+    work = []  # (artifact, what maps the reference's tensors to its own), in the manifest's order
     for entry in manifest.artifacts:
         if only not in (None, entry.name) or (reference == "onnx" and entry.name == FLOAT_ONNX):
             continue
         fmt = get(entry.format)
         if fmt.capture is None:
             not_mapped[entry.name] = f"{fmt.label} has no per-layer capture in edgekit yet"
-            continue
-        path = package.inside(folder, entry.name, "artifacts[].file")
-        io = entry.inputs, entry.outputs
-        if fmt.hub_names:
-            candidate, mapping = fmt.capture(path, inputs, io), to_onnx
-        elif fmt.name in through_float:
+        elif fmt.hub_names:
+            work.append((entry, lambda capture: to_onnx))
+        elif fmt.name in through_float:  # else: no fp32 file of its format to map it through
             floats, pairs = through_float[fmt.name]
-            candidate = fmt.capture(path, inputs, io)
-            mapping = compose(compose(to_onnx, pairs), align_lowerings(floats, candidate, fmt.bookkeeping_ops))
-        else:
-            continue  # an artifact without its format's fp32 file to map it through
-        rows = compare_layers(reference_capture, candidate, mapping)
+            work.append((entry, lambda capture, floats=floats, pairs=pairs, fmt=fmt: compose(
+                compose(to_onnx, pairs), align_lowerings(floats, capture, fmt.bookkeeping_ops))))
+
+    def rows_of(entry, mapping) -> dict[str, Any]:
+        candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"), inputs,
+                                              (entry.inputs, entry.outputs))
+        rows = compare_layers(reference_capture, candidate, mapping(candidate))
         first, drop = first_divergence(rows, threshold), largest_drop(rows)
-        results[entry.name] = {"rows": [r.to_dict() for r in rows],
-                                  "first_divergence": first.to_dict() if first else None,
-                                  "largest_drop": drop.to_dict() if drop else None}
+        return {"rows": [r.to_dict() for r in rows], "first_divergence": first.to_dict() if first else None,
+                "largest_drop": drop.to_dict() if drop else None}
+
+    # Two at a time: the runtimes and numpy's sums work outside the GIL, so two artifacts use two cores.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgekit-layers") as pool:
+        results = dict(zip((entry.name for entry, _ in work), pool.map(lambda job: rows_of(*job), work)))
     return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
             "coverage": coverage, "artifacts": results, "not_mapped": not_mapped}
 

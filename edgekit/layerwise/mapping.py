@@ -15,6 +15,7 @@ the float .tflite and the float ONNX graph; the integer .tflite shares the float
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,9 +38,9 @@ class Mapping:
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norm = np.linalg.norm(a64)
-    return float(np.linalg.norm(a64 - b64) / norm) if norm else (0.0 if not b64.any() else np.inf)
+    norm = _norm(a)
+    difference = a.astype(np.float32, copy=False) - b
+    return float(_norm(difference) / norm) if norm else (0.0 if not np.any(b) else np.inf)
 
 
 def match_by_value(reference: Capture, candidate: Capture, tolerance: float = VALUE_TOLERANCE,
@@ -53,13 +54,18 @@ def match_by_value(reference: Capture, candidate: Capture, tolerance: float = VA
     """
     ref_names = list(reference.tensors)
     position = {name: i for i, name in enumerate(ref_names)}
+    norms = {name: _norm(reference.tensors[name][:samples]) for name in ref_names}
     taken: set[str] = set()
     pairs: dict[str, str] = {}
     unmatched = []
     last = -1
     for name, value in candidate.tensors.items():
+        norm = _norm(value[:samples])
+        # |norm(a) - norm(b)| <= norm(a - b): a pair whose norms differ by more than the tolerance cannot match,
+        # so most same-shaped tensors are set aside without the full comparison.
         close = [(relative_error(reference.tensors[r][:samples], value[:samples]), r) for r in ref_names
-                 if r not in taken and reference.tensors[r].shape == value.shape]
+                 if r not in taken and reference.tensors[r].shape == value.shape
+                 and abs(norms[r] - norm) <= tolerance * norms[r] * 1.0001]
         close = [(e, r) for e, r in close if e <= tolerance]
         if not close:
             unmatched.append(name)
@@ -73,6 +79,12 @@ def match_by_value(reference: Capture, candidate: Capture, tolerance: float = VA
         last = position[chosen]
     ordered = {r: pairs[r] for r in ref_names if r in pairs}
     return Mapping(ordered, "values", unmatched)
+
+
+def _norm(tensor: np.ndarray) -> float:
+    """L2 norm in float64 over any memory layout, without a flattened copy."""
+    axes = list(range(tensor.ndim))
+    return math.sqrt(float(np.einsum(tensor, axes, tensor, axes, [], dtype=np.float64)))
 
 
 def module_scopes(model) -> dict[str, str]:

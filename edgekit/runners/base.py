@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,22 +47,26 @@ def run_dataset(runner: Runner, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
+_SILENCING = threading.RLock()  # file descriptors 1 and 2 belong to the process: one thread redirects at a time
+
+
 @contextlib.contextmanager
 def silenced(log: Path | None = None) -> Iterator[None]:
     """Send stdout and stderr, Python's and native code's (TensorFlow, LiteRT), to `log` or nowhere."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log or os.devnull, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+    with _SILENCING:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(log or os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                    yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])

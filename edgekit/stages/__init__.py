@@ -2,18 +2,20 @@
 
 A stage names what it needs (artifacts made before it, as "format:precision"), makes the artifacts of one
 format, checks settings before any work starts (`check`), and may name a `fallback` stage tried when it
-fails. After it runs, `ensure` checks each artifact it returned against what it declared. The pipeline
+fails, and whether its work runs in a child process (it then overlaps the others). After it runs, `ensure` checks each artifact it returned against what it declared. The pipeline
 builds a target's stage list from the format registry (edgekit.formats), validates the order, and runs
 every stage under one failure policy.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..artifact import Artifact
 from ..errors import UserError
+from ..isolation import Converters
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -36,6 +38,8 @@ class StageContext:
     folder: Path
     source: SourceModel  # the (pruned) model: formats made from PyTorch itself read it
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why this build cannot make it
+    stop: threading.Event = field(default_factory=threading.Event)  # set when the build ends early
+    converters: Converters = field(default_factory=Converters)  # child processes for conversions
 
     @property
     def float_nodes(self) -> list[str]:
@@ -55,6 +59,7 @@ class Stage:
     # The settings its artifacts depend on besides the hub and the calibration data (its cache key);
     # None: not worth caching.
     settings: Callable[[StageContext], Any] | None = None
+    in_child: bool = False  # its work runs in a child process, so it may overlap the stages run in this one
 
     def ensure(self, made: list[Artifact]) -> list[Artifact]:
         """What the stage returned is what it declared, on disk."""

@@ -1,0 +1,90 @@
+"""Runs one target's stages: through the stage cache, under the one failure policy, and with the stages whose
+work happens in a child process (onnx2tf) overlapping the ones that run in this process (ONNX quantization,
+ExecuTorch lowering), each on its own core.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..cache import StageCache
+from ..errors import UserError
+from ..manifest import Failure
+from ..report import Progress
+from . import HUB, Artifact, Stage, StageContext
+
+
+@dataclass
+class StageRunner:
+    """A stage that cannot make its artifacts is recorded as a failure (which fails the build) and its fallback,
+    if it has one, is tried; the other stages go on."""
+    context: StageContext
+    cache: StageCache
+    common: tuple  # what every stage's artifacts depend on: library versions, the hub's bytes, calibration data
+    progress: Progress
+    label: str
+    failures: list[Failure] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)  # names of the stages that came from the cache
+
+    def run_all(self, stages: list[Stage]) -> list[Artifact]:
+        """Every stage's artifacts, in the stages' order. A stage in a child process starts in a background
+        thread as soon as what it needs is made, one at a time (their memory does not add up); a stage here
+        waits for a background one only when it needs what that one makes."""
+        made: dict[int, Future | list[Artifact]] = {}
+        pending, available = list(range(len(stages))), {HUB}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-stage") as background:
+            try:
+                while pending:
+                    ready = [i for i in pending if stages[i].in_child and set(stages[i].requires) <= available]
+                    index = (ready or pending)[0]
+                    pending.remove(index)
+                    stage = stages[index]
+                    for earlier, result in made.items():
+                        if isinstance(result, Future) and set(stage.requires) & _makes(stages[earlier]):
+                            result.result()
+                    made[index] = background.submit(self.run, stage) if stage.in_child else self.run(stage)
+                    available |= _makes(stage)
+                artifacts = [artifact for index in sorted(made) for artifact in
+                             (made[index].result() if isinstance(made[index], Future) else made[index])]
+            except BaseException:
+                self.context.stop.set()  # the background stage ends its child instead of finishing it
+                raise
+        rank = {name: position for position, name in enumerate(_names(stages))}  # the hub's export comes first
+        self.failures.sort(key=lambda failure: rank.get(failure.stage, -1))
+        self.cached.sort(key=lambda name: rank.get(name, -1))
+        return artifacts
+
+    def run(self, stage: Stage) -> list[Artifact]:
+        try:
+            with self.progress.step(f"{self.label} {stage.name}"):
+                return stage.ensure(self._made(stage))
+        except UserError as err:
+            self.failures.append(Failure(stage.name, stage.format, str(err)))
+        return self.run(stage.fallback) if stage.fallback else []
+
+    def _made(self, stage: Stage) -> list[Artifact]:
+        if stage.settings is None:
+            return stage.run(self.context)
+        key = self.cache.key(*self.common, stage.format, stage.makes, stage.version, stage.settings(self.context))
+        made = self.cache.load(key, self.context.folder)
+        if made is None:
+            made = stage.run(self.context)
+            self.cache.store(key, made)
+        else:
+            self.cached.append(stage.name)
+        return made
+
+
+def _makes(stage: Stage) -> set[str]:
+    """What a stage, or the fallback standing in for it, makes: "format:precision"."""
+    return {f"{stage.format}:{precision}" for precision in stage.makes}
+
+
+def _names(stages: list[Stage]) -> list[str]:
+    """Every stage's name and its fallbacks', in the order they are listed."""
+    names = []
+    for stage in stages:
+        while stage:
+            names.append(stage.name)
+            stage = stage.fallback
+    return names
