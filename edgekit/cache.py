@@ -49,14 +49,18 @@ class StageCache:
         entry = self.root / key if self.root else None
         if entry is None or not (entry / ENTRY).is_file():
             return None
-        records = json.loads((entry / ENTRY).read_text())
-        artifacts = []
-        for record in records:
-            name = Path(record["file"]).name
-            shutil.copyfile(entry / name, folder / name)
-            io = record["io"] and tuple([TensorSpec.from_dict(d) for d in specs] for specs in record["io"])
-            artifacts.append(Artifact(folder / name, record["format"], record["precision"], record["metadata"], io))
-        os.utime(entry)  # recently used: evicted last
+        try:
+            records = json.loads((entry / ENTRY).read_text())
+            artifacts = []
+            for record in records:
+                name = Path(record["file"]).name
+                shutil.copyfile(entry / name, folder / name)
+                io = record["io"] and tuple([TensorSpec.from_dict(d) for d in specs] for specs in record["io"])
+                artifacts.append(Artifact(folder / name, record["format"], record["precision"], record["metadata"],
+                                          io))
+            os.utime(entry)  # recently used: evicted last
+        except FileNotFoundError:  # evicted by another build or stage while being read: a miss
+            return None
         return artifacts
 
     def store(self, key: str, artifacts: list[Artifact]) -> None:
@@ -69,8 +73,11 @@ class StageCache:
         entry = self.root / key / ENTRY if self.root else None
         if entry is None or not entry.is_file():
             return None
-        os.utime(entry.parent)
-        return json.loads(entry.read_text())
+        try:
+            os.utime(entry.parent)
+            return json.loads(entry.read_text())
+        except FileNotFoundError:  # evicted meanwhile
+            return None
 
     def store_result(self, key: str, result: Any) -> None:
         self._write(key, [], result)
@@ -95,16 +102,21 @@ class StageCache:
         self._evict()
 
     def _evict(self) -> None:
-        """Remove the least recently used entries until the cache is under its cap."""
-        entries = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                         key=lambda p: p.stat().st_mtime)
-        sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in entries}
-        total = sum(sizes.values())
-        for entry in entries:
+        """Remove the least recently used entries until the cache is under its cap. Another build, or a stage
+        running beside this one, may evict at the same time: an entry that is gone counts as removed."""
+        entries = []
+        for path in self.root.iterdir():
+            if path.is_dir() and not path.name.startswith("."):
+                try:
+                    entries.append((path.stat().st_mtime, sum(f.stat().st_size for f in path.iterdir()), path))
+                except FileNotFoundError:
+                    continue
+        total = sum(size for _, size, _ in entries)
+        for _, size, entry in sorted(entries):
             if total <= self.cap:
                 break
             shutil.rmtree(entry, ignore_errors=True)
-            total -= sizes[entry]
+            total -= size
 
 
 def dataset_hash(dataset: Dataset) -> str:

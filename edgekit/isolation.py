@@ -76,11 +76,14 @@ class Converters:
         if warm:
             child, job_sender, receive = warm
             try:
-                job_sender.send((function, args))
+                job_sender.send((function, args))  # waits while the child still imports (a large job)
                 job_sender.close()
                 return child, receive
             except OSError:  # it died while importing: a fresh child says why, if the job fails again
                 _end(*warm)
+            except BaseException:
+                _end(*warm)
+                raise
         receive, send = self._context.Pipe(duplex=False)
         child = self._context.Process(target=_child, args=(send, function, args), daemon=True)
         child.start()
@@ -116,12 +119,15 @@ def _receive(receive):
 
 
 def _warm_child(jobs, send, modules: list[str]) -> None:
+    from .runners.base import silenced
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a converter that is not installed: its job says so, in its own words
-            break
+    with silenced():  # TensorFlow logs as it loads; the job itself logs where its stage says
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a converter that is not installed: its job says so, in its own words
+                break
     try:
         function, args = jobs.recv()
     except EOFError:  # the build ended without a job for this child

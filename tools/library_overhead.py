@@ -180,8 +180,7 @@ def print_tables(libraries: dict[str, float], library_wall: float, edgekit: dict
         shown = "-" if library_seconds is None else f"{library_seconds:.1f}"
         print(f"{phase:<40} {shown:>9} {edgekit_seconds:8.1f} {edgekit_seconds - (library_seconds or 0):+7.1f}")
     print("(edgekit quantizes INT8 while onnx2tf converts in its child process, so its phases add up to more than "
-          "its wall;
- 'outside the steps' is the wall less their sum, under-counted by that overlap)")
+          "its wall;\n 'outside the steps' is the wall less their sum, under-counted by that overlap)")
 
     print(f"\nedgekit build steps ({verdict})")
     for name, seconds in edgekit.items():

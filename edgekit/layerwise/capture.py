@@ -213,7 +213,9 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
         runs.append(run)
     # Channel-first views of the joined channel-last tensors (graph outputs are laid out by their entry):
     # joining first is one contiguous copy, where joining transposed views is a slow strided one.
-    channel_last = {key[i] for i in order if i not in output_entries}
+    channel_last = set()
+    for index in order:  # a key written twice is laid out as its last tensor is
+        (channel_last.discard if index in output_entries else channel_last.add)(key[index])
     tensors = {name: np.moveaxis(value, -1, 1) if name in channel_last and value.ndim >= 3 else value
                for name, value in _collect(runs).items()}
     return Capture(tensors, {key[i]: kinds[i] for i in order})

@@ -36,31 +36,36 @@ def layer_metrics(reference: np.ndarray, actual: np.ndarray) -> tuple[float, flo
     channel to zero; its per-channel SNR shows the loss. Channels that are all zero in the reference
     have no signal to lose and are left out. Sums run in float64 over float32 products (one pass each,
     no float64 copy of a layer)."""
-    ref = reference.astype(np.float32, copy=False)
-    noise = actual.astype(np.float32, copy=False) - ref
+    ref, out = reference.astype(np.float32, copy=False), actual.astype(np.float32, copy=False)
+    noise = out - ref
     if ref.ndim < 2:
-        ref, noise = ref[:, None], noise[:, None]
+        ref, out, noise = ref[:, None], out[:, None], noise[:, None]
     # einsum reads any memory layout (captures may be channel-first views of channel-last data): no copies
     axes = list(range(ref.ndim))  # sample, channel, the rest
     signal_sums = np.einsum(ref, axes, ref, axes, [0, 1], dtype=np.float64)
     noise_sums = np.einsum(noise, axes, noise, axes, [0, 1], dtype=np.float64)
-    cross = np.einsum(ref, axes, noise, axes, [0], dtype=np.float64)
     snr = _snr(float(signal_sums.sum()), float(noise_sums.sum()))
     if reference.ndim < 2:
         channel = snr
     else:
-        live = (ref != 0).any(axis=tuple(axis for axis in range(ref.ndim) if axis != 1))
+        live = (ref != 0).any(axis=tuple(axis for axis in axes if axis != 1))
         channels = [_snr(signal, noise) for signal, noise in
                     zip(signal_sums.sum(axis=0)[live], noise_sums.sum(axis=0)[live])]
         channel = float(np.median(channels)) if channels else math.inf
-    ref_squares, noise_squares = signal_sums.sum(axis=1), noise_sums.sum(axis=1)
-    # out = ref + noise: out.ref = |ref|^2 + ref.noise, |out|^2 = |ref|^2 + 2 ref.noise + |noise|^2
-    cosine = float(cosines_from_sums(ref_squares + cross, ref_squares, ref_squares + 2 * cross + noise_squares).mean())
+    dot = np.einsum(ref, axes, out, axes, [0], dtype=np.float64)
+    out_squares = np.einsum(out, axes, out, axes, [0], dtype=np.float64)
+    cosine = float(cosines_from_sums(dot, signal_sums.sum(axis=1), out_squares).mean())
     return snr, channel, cosine, float(np.abs(noise).max()) if ref.size else 0.0
 
 
 def _snr(signal: float, noise: float) -> float:
-    return math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal else -math.inf)
+    """In dB; noise that overflows (an fp16 layer out of range) or drowns the signal is -inf."""
+    if noise == 0:
+        return math.inf
+    ratio = signal / noise
+    if ratio > 0:
+        return 10 * math.log10(ratio)
+    return ratio if math.isnan(ratio) else -math.inf  # NaN (a NaN output) stays NaN
 
 
 def compare_layers(reference: Capture, candidate: Capture, mapping: dict[str, str]) -> list[LayerRow]:

@@ -76,8 +76,11 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
                 "largest_drop": drop.to_dict() if drop else None}
 
     # Two at a time: the runtimes and numpy's sums work outside the GIL, so two artifacts use two cores.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgekit-layers") as pool:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgekit-layers")
+    try:
         results = dict(zip((entry.name for entry, _ in work), pool.map(lambda job: rows_of(*job), work)))
+    finally:  # on Ctrl-C or an error, the artifacts not yet started are not captured
+        pool.shutdown(cancel_futures=True)
     return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
             "coverage": coverage, "artifacts": results, "not_mapped": not_mapped}
 

@@ -44,6 +44,9 @@ class StageRunner:
                             result.result()
                     made[index] = background.submit(self.run, stage) if stage.in_child else self.run(stage)
                     available |= _makes(stage)
+                    for result in made.values():  # a background stage's crash stops the build now, not at the end
+                        if isinstance(result, Future) and result.done():
+                            result.result()
                 artifacts = [artifact for index in sorted(made) for artifact in
                              (made[index].result() if isinstance(made[index], Future) else made[index])]
             except BaseException:
