@@ -79,11 +79,10 @@ class Converters:
                 job_sender.send((function, args))  # waits while the child still imports (a large job)
                 job_sender.close()
                 return child, receive
-            except OSError:  # it died while importing: a fresh child says why, if the job fails again
+            except BaseException as err:
                 _end(*warm)
-            except BaseException:
-                _end(*warm)
-                raise
+                if not isinstance(err, OSError):  # OSError: it died while importing; a fresh child says why
+                    raise
         receive, send = self._context.Pipe(duplex=False)
         child = self._context.Process(target=_child, args=(send, function, args), daemon=True)
         child.start()

@@ -41,6 +41,17 @@ def shared_stage_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("stage-cache")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Training with two threads on a busy 2-core host is many times slower than with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def example_build(tmp_path_factory, shared_stage_cache) -> Path:
     """The bundled example built once for arm64, x86_64 and arm64-pte (what `edgekit build` does with no model)."""

@@ -19,12 +19,7 @@ pytest.importorskip("sklearn")
 K = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_layer_holds_at_most_k_values_on_the_int8_grid_and_keeps_its_accuracy():

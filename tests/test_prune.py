@@ -20,13 +20,7 @@ ORIGINAL_MACS = 6_092_032  # what edgekit.graph_stats counts in the example's ON
 STEPS = 300
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Training with two threads on a busy 2-core host is many times slower than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
