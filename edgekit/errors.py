@@ -26,12 +26,13 @@ def first_line(err: BaseException) -> str:
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
-def machine_error(err: BaseException) -> OSError | None:
-    """The full disk, quota or permission error behind `err` (libraries wrap it in their own), if any: it is
-    reported as what it is, never as a model that cannot be converted."""
+def machine_error(err: BaseException) -> BaseException | None:
+    """The full disk, quota or permission error, or the Ctrl-C or SIGTERM, behind `err` (libraries wrap them in
+    their own errors), if any: it is reported as what it is, never as a model that cannot be converted."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:
+        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS or isinstance(err, (KeyboardInterrupt,
+                                                                                          Terminated)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

@@ -321,8 +321,11 @@ def test_sigterm_while_onnx2tf_converts_stops_its_child_and_publishes_nothing(tm
                                 "--out", str(tmp_path / "out"), "--quiet"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     parent = psutil.Process(process.pid)
-    wait_for(lambda: any("multiprocessing" in " ".join(c.cmdline()) for c in parent.children()), process)
+    # The converter's child starts (importing TensorFlow) while the model exports; the conversion itself begins
+    # once the float ONNX is in the staging folder.
+    wait_for(lambda: any((tmp_path / "out").glob(".arm64.partial-*/arm64/model.fp32.onnx")), process)
     children = parent.children(recursive=True)
+    assert any("multiprocessing" in " ".join(c.cmdline()) for c in children)
     time.sleep(2)  # inside the conversion
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
