@@ -35,6 +35,9 @@ class Format:
     hub_names: bool = False
     # Modules its stages import in a child process: a child starts importing them while the build exports.
     child_modules: tuple[str, ...] = ()
+    # The format whose artifact of the same precision each of its files is saved from. A build that asks for
+    # this format makes that artifact too, and ships it only when the profile lists it.
+    made_from: str | None = None
     bookkeeping_ops: tuple[str, ...] = ()
     fused_ops: tuple[str, ...] = ()
 
@@ -150,6 +153,30 @@ def _pte_runner(path: Path, runtime: Runtime, io) -> Runner:
     return ExecuTorchRunner(path, runtime.threads, io)
 
 
+# ---- ORT format: ONNX Runtime's optimized graph of an ONNX artifact, for its reduced-size mobile builds ------
+
+def _ort_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
+    from .sources import sha256_file
+
+    def stage(precision: str) -> Stage:
+        made_from = f"onnx:{precision}"
+
+        def inputs(c: StageContext):
+            return c.target.ort.optimization, made_from in c.made and sha256_file(c.made[made_from].path)
+
+        return Stage(f"save ORT format ({precision})", 1, "ort", (precision,), (made_from,),
+                     lambda c: [_ort_artifact(c, precision)], settings=inputs)
+
+    return [stage(precision) for precision in precisions]
+
+
+def _ort_artifact(context: StageContext, precision: str) -> Artifact:
+    from .stages.ort_format import save_ort
+
+    return save_ort(context.made.get(f"onnx:{precision}"), precision, context.target.ort.optimization,
+                    context.folder)
+
+
 FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
            tensorrt=True, hub_names=True),
@@ -158,7 +185,24 @@ FORMATS = {format.name: format for format in (
            child_modules=("onnx2tf", "edgekit.stages.tflite")),
     # ExecuTorch's intermediate-output tap gives wrong values on quantized programs (1.5.1): no capture yet.
     Format("pte", ".pte", "ExecuTorch (XNNPACK)", ("fp32", "int8"), _pte_stages, _pte_runner, None),
+    # Its tensors cannot be added as graph outputs (the file is ONNX Runtime's own): no per-layer capture.
+    Format("ort", ".ort", "ONNX Runtime (ORT format)", ("fp32", "fp16", "int8"), _ort_stages, _onnx_runner, None,
+           made_from="onnx"),
 )}
+
+
+def stages_for(context: StageContext, chosen: dict[str, list[str]]) -> list[Stage]:
+    """The stages that make `chosen` (format -> precisions), a format's stages after those of the format its
+    files are saved from, which makes the precisions they need whether chosen or not."""
+    wanted = {name: list(precisions) for name, precisions in chosen.items()}
+    ordered: list[str] = []  # the profile's order, a base moved up to just before its first derived format
+    for name, precisions in chosen.items():
+        base = get(name).made_from
+        if base:
+            have = wanted.setdefault(base, [])
+            have += [p for p in precisions if p not in have]
+        ordered += [n for n in (base, name) if n and n not in ordered]
+    return [stage for name in ordered for stage in get(name).stages(context, wanted[name])]
 
 
 def get(name: str) -> Format:

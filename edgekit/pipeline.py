@@ -280,7 +280,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
         scheme = dataclasses.replace(scheme, calibration=recipe.calibration.method)
     context = StageContext(hub, target, calibration, scheme, recipe.calibration.exclude_nodes, None, folder,
                            shared.source, converters=shared.converters)
-    stages = [stage for name, precisions in chosen.items() for stage in formats.get(name).stages(context, precisions)]
+    stages = formats.stages_for(context, chosen)
     validate_order(stages)
     for stage in stages:
         if stage.check:
@@ -294,15 +294,17 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
                                      dataclasses.replace(scheme, exclude_nodes=excluded), calibration,
                                      target.tolerance("int8"))
         # A plan changes what some formats can make (dynamic-range TFLite cannot keep layers float).
-        stages = [stage for name, precisions in chosen.items()
-                  for stage in formats.get(name).stages(context, precisions)]
+        stages = formats.stages_for(context, chosen)
     runner = StageRunner(context, shared.cache, (package.versions(), sha256_file(hub.path),
                                                  dataset_hash(calibration)), progress, label)
     if target.opset in shared.cached_hubs:
         runner.cached.append(export_step)
-    artifacts = runner.run_all(stages)
-    if hub not in artifacts:
-        hub.path.unlink()
+    made = runner.run_all(stages)
+    shipped = {f"{name}:{precision}" for name, precisions in chosen.items() for precision in precisions}
+    artifacts = [artifact for artifact in made if artifact.key in shipped]
+    for artifact in [hub, *made]:  # the hub, and the files a format's own were saved from, when not listed
+        if artifact.key not in shipped:
+            artifact.path.unlink(missing_ok=True)
     return artifacts, runner, context, kinds
 
 

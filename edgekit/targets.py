@@ -112,6 +112,14 @@ class Pte:
 
 
 @dataclass(frozen=True)
+class Ort:
+    """ONNX Runtime's ORT format (what its reduced-size mobile builds load), saved from the ONNX artifact of the
+    same precision after ONNX Runtime's graph optimizations at this level."""
+    precisions: list[Literal["fp32", "fp16", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
+    optimization: Literal["basic", "extended", "all"] = "all"
+
+
+@dataclass(frozen=True)
 class Pruning:
     channel_multiple: int = 8  # pruned channel counts stay multiples of this (SIMD width / tensor-core tile)
 
@@ -163,6 +171,7 @@ class Target:
     float16: Float16 = field(default_factory=Float16)
     tflite: TFLite = field(default_factory=TFLite)
     pte: Pte = field(default_factory=Pte)
+    ort: Ort = field(default_factory=Ort)
     gpu: Gpu | None = None
     runtime: Runtime = field(default_factory=Runtime)
     bench: Bench = field(default_factory=Bench)

@@ -9,9 +9,10 @@ import pytest
 
 from conftest import read_manifest, run_cli
 
-# (the example build's folder, file): one INT8 artifact per runtime; the arm64 image and root filesystem run
+# (the example build's folder, file): one INT8 artifact per format; the arm64 image and root filesystem run
 # the .pte on the torch-free executorch_numpy_runtime.
-INT8_ARTIFACTS = [("arm64", "model.int8.onnx"), ("arm64", "model.int8.tflite"), ("arm64-pte", "model.int8.pte")]
+INT8_ARTIFACTS = [("arm64", "model.int8.onnx"), ("arm64", "model.int8.tflite"), ("arm64-pte", "model.int8.pte"),
+                  ("arm64-pte", "model.int8.ort")]
 
 
 def bench_json(capsys, *args) -> tuple[int, list[dict]]:

@@ -2,7 +2,6 @@
 TFLite (the arm64-pte profile lists them; any profile may)."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -51,17 +50,6 @@ def test_a_float_fallback_plan_keeps_its_layers_float_in_the_program(tmp_path, c
     assert int8["details"]["layers"]["fp32"] == 3 and int8["details"]["layers"]["int8"] >= 8
     assert int8["parity"]["passed"]
     assert "model.int8.pte: XnnpackBackend took" in capsys.readouterr().err  # the delegation line
-
-
-def test_check_catches_a_changed_byte_in_a_program(example_build, tmp_path):
-    folder = tmp_path / "arm64-pte"
-    shutil.copytree(example_build / "arm64-pte", folder)
-    program = folder / "model.int8.pte"
-    data = bytearray(program.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    program.write_bytes(data)
-    assert run_cli("check", folder) == 1
-    assert run_cli("check", example_build / "arm64-pte") == 0
 
 
 def test_an_onnx_model_skips_the_format_with_its_reason(example_build, tmp_path, capsys):

@@ -14,8 +14,10 @@ from edgekit.data import Dataset
 from edgekit.runners import open_runner, run_dataset
 from edgekit.stages import HUB, Artifact, StageContext, validate_order
 
+from conftest import run_cli
+
 # The built-in profile whose example build ships each format's artifacts.
-CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64-pte"}
+CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64-pte", "ort": "arm64-pte"}
 
 
 def test_every_registered_format_has_a_conformance_entry():
@@ -40,11 +42,13 @@ def test_stages_declare_what_they_make_and_need(name, tmp_path):
     hub = Artifact(tmp_path / "model.fp32.onnx", "onnx", "fp32")
     source = sources.load(example.FACTORY, str(example.WEIGHTS), list(example.INPUT_SHAPE))
     context = StageContext(hub, target, calibration, target.quantization, [], None, tmp_path, source)
-    stages = fmt.stages(context, list(fmt.precisions))
+    stages = formats.stages_for(context, {name: list(fmt.precisions)})
     validate_order(stages)
     made = set()
-    for stage in stages:
-        assert stage.format == name and set(stage.makes) <= set(fmt.precisions) and set(stage.requires) <= {HUB}
+    for stage in [stage for stage in stages if stage.format == name]:
+        # A stage needs the hub, or the files of the same precision of the format it saves from.
+        base = {f"{fmt.made_from}:{precision}" for precision in stage.makes} if fmt.made_from else set()
+        assert set(stage.makes) <= set(fmt.precisions) and set(stage.requires) <= {HUB} | base, stage.requires
         made |= set(stage.makes)
         if stage.fallback:
             assert set(stage.fallback.makes) < set(stage.makes)
@@ -75,3 +79,15 @@ def test_built_artifacts_run_in_the_host_runner_the_device_runner_and_the_layer_
     records = bench_folder(copy, profile, "native", 1, 1, 1, 8)
     on_device = [r for r in records if r["file"] in {e.name for e in entries}]
     assert len(on_device) == len(entries) and all(r["parity"]["passed"] for r in on_device), on_device
+
+
+@pytest.mark.parametrize("name", sorted(formats.FORMATS))
+def test_check_fails_a_changed_byte_in_each_formats_artifact(name, example_build, tmp_path, capsys):
+    folder = tmp_path / "build"
+    shutil.copytree(example_build / CONFORMANCE[name], folder)
+    artifact = folder / formats.get(name).file("int8")
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(data)
+    assert run_cli("check", folder) == 1
+    assert f"{artifact.name}: its sha256 differs from the manifest" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run one edgekit artifact (.onnx, .tflite or .pte) on this machine: outputs for every sample, plus timings.
+"""Run one edgekit artifact (.onnx, .ort, .tflite or .pte) on this machine: outputs for every sample, plus timings.
 
 Self-contained on purpose: it needs only the standard library, numpy and the runtime it uses
 (onnxruntime; one of ai_edge_litert / tflite_runtime / tensorflow.lite; ExecuTorch's runtime, which
@@ -371,14 +371,14 @@ def main(argv=None):
         with open(args.io) as f:
             io = json.load(f)
     suffix = os.path.splitext(args.model)[1].lower()
-    if suffix == ".onnx":
+    if suffix in (".onnx", ".ort"):  # ONNX Runtime loads its own ORT format the same way
         model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
     elif suffix == ".tflite":
         model, load_ms = timed(TfliteModel, args.model, args.threads, io)
     elif suffix == ".pte":
         model, load_ms = timed(PteModel, args.model, args.threads, io)
     else:
-        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx, .tflite or .pte")
+        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx, .ort, .tflite or .pte")
 
     with np.load(args.inputs) as data:
         arrays = match_inputs(model.input_names, data)

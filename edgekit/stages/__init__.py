@@ -1,10 +1,11 @@
 """The stage contract: every step that makes artifacts has one shape.
 
-A stage names what it needs (artifacts made before it, as "format:precision"), makes the artifacts of one
-format, checks settings before any work starts (`check`), and may name a `fallback` stage tried when it
-fails, and whether its work runs in a child process (it then overlaps the others). After it runs, `ensure` checks each artifact it returned against what it declared. The pipeline
-builds a target's stage list from the format registry (edgekit.formats), validates the order, and runs
-every stage under one failure policy.
+A stage names what it needs (artifacts made before it, as "format:precision", which it reads from
+`StageContext.made`), makes the artifacts of one format, checks settings before any work starts (`check`),
+and may name a `fallback` stage tried when it fails, and whether its work runs in a child process (it then
+overlaps the others). After it runs, `ensure` checks each artifact it returned against what it declared.
+The pipeline builds a target's stage list from the format registry (edgekit.formats), validates the order,
+and runs every stage under one failure policy.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class StageContext:
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why this build cannot make it
     stop: threading.Event = field(default_factory=threading.Event)  # set when the build ends early
     converters: Converters = field(default_factory=Converters)  # child processes for conversions
+    made: dict[str, Artifact] = field(default_factory=dict)  # "format:precision" -> artifact, as stages make them
+
+    def __post_init__(self):
+        self.made.setdefault(HUB, self.hub)
 
     @property
     def float_nodes(self) -> list[str]:

@@ -60,7 +60,9 @@ class StageRunner:
     def run(self, stage: Stage) -> list[Artifact]:
         try:
             with self.progress.step(f"{self.label} {stage.name}"):
-                return stage.ensure(self._made(stage))
+                made = stage.ensure(self._made(stage))
+            self.context.made.update((artifact.key, artifact) for artifact in made)
+            return made
         except UserError as err:
             self.failures.append(Failure(stage.name, stage.format, str(err)))
         return self.run(stage.fallback) if stage.fallback else []
