@@ -13,12 +13,14 @@ import os
 import platform
 import shutil
 import tarfile
+import threading
 import uuid
 import zlib
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -34,6 +36,9 @@ PARITY_REFERENCE = "parity/reference.npz"
 STAGING_MARK = ".edgekit-staging"  # inside every staging folder: what the stale-folder cleanup may remove
 OWN_FILES = {MANIFEST, "report.json", "report.html", PARITY_INPUTS, PARITY_REFERENCE}
 OWN_FOLDERS = {"parity", "report"}  # report/ holds report.html's figures as .png files
+REPORT = ("report.html", "report")  # written last, from the finished manifest
+# Bytes per zlib call while archiving: long calls outside the GIL, so the compressing thread rarely waits on it.
+ARCHIVE_CHUNK = 4 << 20
 
 
 def check_writable(out: Path) -> None:
@@ -124,10 +129,10 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def staging(out: Path, name: str) -> Iterator[Path]:
-    """Yield an empty build folder inside a staging folder in `out`. On success the folder and its archive
-    (made in staging) replace `out/name` and `out/name.tar.gz`; on any failure or signal nothing is published
-    and the staging folder is removed."""
+def staging(out: Path, name: str, report: Callable[[Path], object]) -> Iterator[Path]:
+    """Yield an empty build folder inside a staging folder in `out`. On success `report` writes the folder's
+    report while its archive is made (see `archive`), and the folder and its archive replace `out/name` and
+    `out/name.tar.gz`; on any failure or signal nothing is published and the staging folder is removed."""
     stage = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
@@ -135,7 +140,7 @@ def staging(out: Path, name: str) -> Iterator[Path]:
         folder = stage / name
         folder.mkdir()
         yield folder
-        archive(folder, stage / f"{name}.tar.gz")
+        archive(folder, stage / f"{name}.tar.gz", report)
         check_replaceable(out, name)  # again: the user may have put something there during the build
         if (out / name).exists():
             (out / name).rename(stage / "replaced")
@@ -260,11 +265,14 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def refresh_archive(folder: Path) -> None:
-    """Rewrite the archive beside `folder` after its manifest changed, if edgekit made one there."""
+def refresh_archive(folder: Path, report: Callable[[Path], object]) -> None:
+    """Write the report of `folder` after its manifest changed, and the archive beside it again if edgekit
+    made one there."""
     beside = folder.parent / f"{folder.name}.tar.gz"
     if not beside.is_symlink() and beside.is_file() and _is_own_archive(beside, folder.name):
-        archive(folder, beside)
+        archive(folder, beside, report)
+    else:
+        report(folder)
 
 
 def compressed_sizes(path: Path) -> dict[str, int]:
@@ -276,12 +284,31 @@ def compressed_sizes(path: Path) -> dict[str, int]:
     return {"zstd": len(zstandard.ZstdCompressor(level=3).compress(data)), "zip": len(zlib.compress(data, 6))}
 
 
-def archive(folder: Path, destination: Path) -> None:
-    """A .tar.gz of `folder` at `destination`, written under a temporary name and then moved into place."""
+def archive(folder: Path, destination: Path, report: Callable[[Path], object]) -> None:
+    """A .tar.gz of `folder` at `destination`, written under a temporary name and then moved into place.
+    `report(folder)` writes the report files (REPORT) while the others are compressed in a thread (zlib works
+    outside the GIL); they go in last."""
     partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+
+    def add(names: list[str]) -> None:
+        for name in names:
+            if not stop.is_set():
+                tar.add(folder / name, arcname=f"{folder.name}/{name}")
+
     try:
         with tarfile.open(partial, "w:gz") as tar:
-            tar.add(folder, arcname=folder.name)
+            tar.copybufsize = ARCHIVE_CHUNK
+            tar.add(folder, arcname=folder.name, recursive=False)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-archive") as pool:
+                compressing = pool.submit(add, sorted(set(os.listdir(folder)) - set(REPORT)))
+                try:
+                    report(folder)
+                except BaseException:
+                    stop.set()  # the file being compressed is finished, the others are not started
+                    raise
+                compressing.result()
+            add(sorted(set(os.listdir(folder)) & set(REPORT)))
         partial.replace(destination)
     finally:
         partial.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -148,11 +148,11 @@ def _publish(shared: BuildInputs, target: Target, out: Path, progress: Progress)
     recipe = shared.recipe
     package.remove_stale_staging(out, target.name)
     try:
-        with package.staging(out, target.name) as folder:
+        with package.staging(out, target.name, lambda built: write_report(built, package.read_manifest(built))) \
+                as folder:
             digest, cached = _build_target(shared, target, folder, progress)
             benchmarks = _bench(recipe.bench, target, folder, progress) if recipe.bench else []
             manifest = package.read_manifest(folder)
-            write_report(folder, manifest)
             if not manifest.passed and not recipe.keep_going:
                 raise ParityFailed(manifest)
     except ParityFailed as failure:
@@ -265,11 +265,14 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
     return outputs, runner.describe()
 
 
-def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress,
-                    label: str) -> tuple[list[Artifact], StageRunner, StageContext, dict[str, OutputKind]]:
+def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress: Progress, label: str,
+                    meanwhile: Callable[[Artifact, list[Artifact]], None]
+                    ) -> tuple[list[Artifact], StageRunner, StageContext, dict[str, OutputKind]]:
     """The target's artifacts, the runner that made them (the conversions that failed: a format that cannot be
     made does not stop the others, its failure is reported and fails the build; the stages that came from the
-    cache), the stages' context (the precision plan, the formats skipped) and the kind of each output."""
+    cache), the stages' context (the precision plan, the formats skipped) and the kind of each output.
+    `meanwhile(hub, artifacts)` is given the artifacts that will ship, made so far, while a conversion in a
+    child process goes on and this process has nothing else to do."""
     recipe, calibration = shared.recipe, shared.data.calibration
     chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize, formats.get(name).precisions)
               for name in target.formats}
@@ -299,8 +302,10 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
                                                  dataset_hash(calibration)), progress, label)
     if target.opset in shared.cached_hubs:
         runner.cached.append(export_step)
-    made = runner.run_all(stages)
     shipped = {f"{name}:{precision}" for name, precisions in chosen.items() for precision in precisions}
+    # A copy of what is made: the background stage adds to it meanwhile.
+    runner.meanwhile = lambda: meanwhile(hub, [a for a in list(context.made.values()) if a.key in shipped])
+    made = runner.run_all(stages)
     artifacts = [artifact for artifact in made if artifact.key in shipped]
     for artifact in [hub, *made]:  # the hub, and the files a format's own were saved from, when not listed
         if artifact.key not in shipped:
@@ -347,7 +352,13 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     gpu = gpu_status(target)
     if gpu and gpu["status"] == "skipped":
         timings.note(f"{label} GPU steps skipped: {gpu['reason']}; to run them: {gpu['install']}")
-    artifacts, runner, context, kinds = _make_artifacts(shared, target, folder, timings, label)
+    captures: dict[str, Any] = {}  # file -> its per-layer capture, made beside a conversion
+
+    def capture_made(hub: Artifact, made: list[Artifact]) -> None:
+        with timings.step(f"{label} per-layer SNR: capture the ONNX files while the conversion runs"):
+            captures.update(_capture_by_hub_names(_layer_inputs(shared, hub), made))
+
+    artifacts, runner, context, kinds = _make_artifacts(shared, target, folder, timings, label, capture_made)
     evaluation = shared.data.evaluation
     entries = []
     for artifact in artifacts:
@@ -361,7 +372,7 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     manifest.precision_plan = context.plan.to_dict() if context.plan else None
     manifest.skipped = [{"format": name, "reason": reason} for name, reason in context.skipped.items()]
     with timings.step(f"{label} per-layer SNR of the reduced-precision artifacts"):
-        manifest.layerwise = _layerwise(folder, manifest, shared.cache)
+        manifest.layerwise = _layerwise(folder, manifest, shared.cache, _layer_inputs(shared, context.hub), captures)
     package.write_manifest(folder, manifest)
     written = package.read_manifest(folder)
     digest = package.release_digest(written, package.listed_hashes(folder, written))  # bench's numbers: not part
@@ -382,23 +393,43 @@ def peak_rss_mb() -> dict[str, float]:
             "converters": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
-def _layerwise(folder: Path, manifest: Manifest, cache: StageCache) -> dict[str, Any]:
-    """Per-layer SNR of every reduced-precision artifact against the float ONNX graph (for report.html and
-    a first look; `edgekit debug` goes deeper). Added to each artifact as `layers` and `first_divergence`.
-    A diagnostic, not the gate: cached on the artifacts' bytes, the held-out inputs and the library versions."""
-    from .layerwise.divergence import divergence, held_out_inputs
-
-    hub = manifest.artifact("model.fp32.onnx")
-    if hub is None:
-        return {"computed": False, "why": "no float ONNX artifact to map layers through"}
-    per_sample = hub.details["activation_bytes"]
+def _layer_inputs(shared: BuildInputs, hub: Artifact) -> dict[str, np.ndarray]:
+    """The held-out inputs the per-layer SNR runs on: the first LAYERWISE_SAMPLES, or as many as keep one
+    capture under LAYERWISE_CAPTURE_BYTES."""
+    per_sample = hub.metadata["activation_bytes"]
     samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
+    return {name: value[:samples].astype(np.float32) for name, value in shared.data.evaluation.inputs.items()}
+
+
+def _capture_by_hub_names(inputs: dict[str, np.ndarray], made: list[Artifact]) -> dict[str, Any]:
+    """Per-layer captures of the artifacts whose tensors keep the hub's names (they need no I/O binding, which
+    the manifest records later); none when one cannot be made (the per-layer step says why)."""
+    by_names = [artifact for artifact in made if formats.get(artifact.format).hub_names]
+    try:
+        return {artifact.path.name: formats.get(artifact.format).capture(artifact.path, inputs, None)
+                for artifact in by_names}
+    except UserError:
+        return {}
+
+
+def _layerwise(folder: Path, manifest: Manifest, cache: StageCache, inputs: dict[str, np.ndarray],
+               captures: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer SNR of every reduced-precision artifact against the float ONNX graph (for report.html and
+    a first look; `edgekit debug` goes deeper) on `inputs`, with the `captures` made already. Added to each
+    artifact as `layers` and `first_divergence`. A diagnostic, not the gate: cached on the artifacts' bytes, the
+    held-out inputs and the library versions."""
+    from .layerwise.divergence import divergence
+
+    if manifest.artifact("model.fp32.onnx") is None:
+        return {"computed": False, "why": "no float ONNX artifact to map layers through"}
+    samples = len(next(iter(inputs.values())))
     key = cache.key("per-layer SNR", samples, manifest.versions, manifest.parity_inputs.sha256,
                     dataclasses.asdict(manifest.target), [(e.name, e.file.sha256) for e in manifest.artifacts])
     result = cache.load_result(key)
     if result is None:
         try:
-            result = divergence(folder, manifest, "onnx", held_out_inputs(folder, manifest, None, samples))
+            result = divergence(folder, manifest, "onnx", inputs, captures=captures,
+                                only=[entry.name for entry in manifest.artifacts if entry.precision != "fp32"])
         except UserError as err:  # a diagnostic: a layer map it cannot make must not fail a build that passed
             return {"computed": False, "why": str(err)}
         cache.store_result(key, result)

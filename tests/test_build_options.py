@@ -9,6 +9,9 @@ import pytest
 
 from conftest import TESTS, read_manifest, run_cli
 from edgekit import example
+from edgekit.layerwise import capture as capture_module
+from edgekit.layerwise import divergence as divergence_module
+from edgekit.layerwise.capture import capture_onnx
 from edgekit.stages import quantize as quantize_module
 
 
@@ -117,6 +120,29 @@ def test_an_interrupt_beside_a_converting_child_stops_the_child(tmp_path, monkey
     _, alive = psutil.wait_procs(converting, timeout=10)
     assert alive == []
     assert list(out.iterdir()) == []
+
+
+def test_the_onnx_files_are_captured_for_the_per_layer_snr_while_tflite_converts(tmp_path, monkeypatch,
+                                                                                  example_build):
+    """This process has nothing to do while onnx2tf converts in its child: it captures the float and INT8 ONNX
+    files' layers then, once each, and the per-layer numbers are those the full step makes."""
+    psutil = pytest.importorskip("psutil")
+    captured = []
+
+    def capture(model, inputs):
+        # onnx2tf's child (joined when its conversion ends) is the only child started by spawn.
+        converting = any("spawn_main" in " ".join(child.cmdline()) for child in psutil.Process().children())
+        captured.append((model.name if hasattr(model, "name") else "graph", converting))
+        return capture_onnx(model, inputs)
+
+    monkeypatch.setattr(capture_module, "capture_onnx", capture)
+    monkeypatch.setattr(divergence_module, "capture_onnx", capture)
+    out = tmp_path / "out"
+    assert run_cli("build", "--target", "arm64", "--out", out) == 0
+    assert captured == [("model.fp32.onnx", True), ("model.int8.onnx", True)]
+    built, shared = read_manifest(out / "arm64"), read_manifest(example_build / "arm64")
+    assert [a.get("layers") for a in built["artifacts"]] == [a.get("layers") for a in shared["artifacts"]]
+    assert built["layerwise"]["computed"] and len(built["artifacts"][1]["layers"]) >= 10
 
 
 def test_inspect_reports_io_parameters_macs_and_operators(capsys, example_build):

@@ -117,8 +117,12 @@ def test_quantization_scheme_follows_the_target(example_build):
 
 
 def test_archive_and_report(example_build):
+    folder = example_build / "arm64"
     with tarfile.open(example_build / "arm64.tar.gz") as tar:
         names = set(tar.getnames())
+        report = tar.extractfile("arm64/report.html").read()  # written while the rest was compressed
+    assert names == {"arm64"} | {f"arm64/{path.relative_to(folder)}" for path in folder.rglob("*")}
+    assert report == (folder / "report.html").read_bytes()
     assert {f"arm64/{name}" for name in EXPECTED["arm64"]} <= names
     assert {"arm64/manifest.json", "arm64/parity/inputs.npz", "arm64/parity/reference.npz",
             "arm64/report.json", "arm64/report.html", "arm64/report/size.png"} <= names

@@ -62,8 +62,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         benched.append((entry, record))
     compare_with_fp32(manifest.artifacts)
     package.write_manifest(folder, manifest)
-    write_report(folder, manifest)
-    package.refresh_archive(folder)
+    package.refresh_archive(folder, lambda written: write_report(written, manifest))
     return [{"file": entry.name, "host_parity": entry.parity, **record} for entry, record in benched]
 
 

@@ -7,6 +7,7 @@ artifact's per-layer numbers are computed against the reference on the same inpu
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,19 @@ DEFAULT_THRESHOLD_DB = 15.0
 
 
 def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[str, np.ndarray],
-               only: str | None = None, model: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
-    """Rows per artifact (in network order), first divergence, largest drop, and mapping coverage.
-    `model`: the PyTorch model and weights the user names for the torch reference."""
+               only: Collection[str] | None = None, model: tuple[str | None, str | None] = (None, None),
+               captures: dict[str, Capture] | None = None) -> dict[str, Any]:
+    """Rows per artifact (in network order, of the artifacts named in `only` when given), first divergence,
+    largest drop, and mapping coverage. `model`: the PyTorch model and weights the user names for the torch
+    reference; `captures`: file -> its capture on `inputs`, made already."""
     import onnx
 
     if not package.inside(folder, FLOAT_ONNX, FLOAT_ONNX).is_file():
         raise UserError(f"{folder} has no {FLOAT_ONNX}: per-layer debugging maps every format through the float "
                         f"ONNX graph, so build with 'onnx' among the target's formats")
+    captured = dict(captures or {})  # file -> its capture, made once
     graph = onnx.load(str(folder / FLOAT_ONNX))
-    onnx_capture = capture_onnx(graph, inputs)
+    onnx_capture = captured[FLOAT_ONNX] if FLOAT_ONNX in captured else capture_onnx(graph, inputs)
     coverage: dict[str, Any] = {}
     if reference == "torch":
         reference_capture = capture_torch(_torch_module(manifest, *model), inputs, batch=len(next(iter(inputs.values()))))
@@ -47,7 +51,8 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
     for fmt in FORMATS.values():
         floats = fmt.file("fp32")
         if fmt.capture and not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
-            capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
+            capture = captured[floats] = fmt.capture(folder / floats, inputs,
+                                                     (entries[floats].inputs, entries[floats].outputs))
             pairs = match_by_value(onnx_capture, capture).pairs
             through_float[fmt.name] = capture, pairs
             coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
@@ -55,7 +60,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
     not_mapped = {}
     work = []  # (artifact, what maps the reference's tensors to its own), in the manifest's order
     for entry in manifest.artifacts:
-        if only not in (None, entry.name) or (reference == "onnx" and entry.name == FLOAT_ONNX):
+        if (only is not None and entry.name not in only) or (reference == "onnx" and entry.name == FLOAT_ONNX):
             continue
         fmt = get(entry.format)
         if fmt.capture is None:
@@ -68,8 +73,10 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
                 compose(to_onnx, pairs), align_lowerings(floats, capture, fmt.bookkeeping_ops))))
 
     def rows_of(entry, mapping) -> dict[str, Any]:
-        candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"), inputs,
-                                              (entry.inputs, entry.outputs))
+        candidate = captured.pop(entry.name, None)  # each file is compared once: its capture is let go after
+        if candidate is None:
+            candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"), inputs,
+                                                  (entry.inputs, entry.outputs))
         rows = compare_layers(reference_capture, candidate, mapping(candidate))
         first, drop = first_divergence(rows, threshold), largest_drop(rows)
         return {"rows": [r.to_dict() for r in rows], "first_divergence": first.to_dict() if first else None,

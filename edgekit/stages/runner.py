@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..cache import StageCache
 from ..errors import UserError
@@ -25,6 +26,8 @@ class StageRunner:
     label: str
     failures: list[Failure] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)  # names of the stages that came from the cache
+    # Work for this process while a background stage converts and no stage is left to run here.
+    meanwhile: Callable[[], None] | None = None
 
     def run_all(self, stages: list[Stage]) -> list[Artifact]:
         """Every stage's artifacts, in the stages' order. A stage in a child process starts in a background
@@ -47,6 +50,8 @@ class StageRunner:
                     for result in made.values():  # a background stage's crash stops the build now, not at the end
                         if isinstance(result, Future) and result.done():
                             result.result()
+                if self.meanwhile and any(isinstance(result, Future) and not result.done() for result in made.values()):
+                    self.meanwhile()
                 artifacts = [artifact for index in sorted(made) for artifact in
                              (made[index].result() if isinstance(made[index], Future) else made[index])]
             except BaseException:
