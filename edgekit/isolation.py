@@ -31,7 +31,9 @@ class Converters:
         self._lock = threading.Lock()
 
     def warm(self, modules: list[str]) -> None:
-        """Start a child that imports `modules` now and then waits for its job."""
+        """Start a child that imports `modules` now and then waits for its job (unless one waits already)."""
+        if self._warm or not modules:
+            return
         jobs, job_sender = self._context.Pipe(duplex=False)
         receive, send = self._context.Pipe(duplex=False)
         child = self._context.Process(target=_warm_child, args=(jobs, send, modules), daemon=True)

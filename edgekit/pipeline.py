@@ -56,6 +56,7 @@ class BuildInputs:
     scratch: Path  # where the float ONNX hubs are exported
     cache: StageCache
     converters: Converters
+    child_modules: list[str]  # what the formats' conversion children import
     hubs: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # per opset, shared by its targets
     cached_hubs: set[int] = dataclasses.field(default_factory=set)  # the opsets whose hub came from the cache
 
@@ -132,12 +133,11 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     results = []
     hubs = tempfile.TemporaryDirectory(prefix="edgekit-hub-")
     cache = StageCache(default_root() if recipe.cache else None)
+    modules = sorted({module for target in profiles for name in target.formats
+                      for module in formats.get(name).child_modules})
     with hubs, Converters() as converters:
-        modules = sorted({module for target in profiles for name in target.formats
-                          for module in formats.get(name).child_modules})
-        if modules:
-            converters.warm(modules)
-        shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache, converters)
+        shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache, converters,
+                             modules)
         for target in profiles:
             results.append(_publish(shared, target, out, progress))
     return results
@@ -325,6 +325,9 @@ def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, labe
                                    model_fingerprint(shared.source, shared.reference))
             made = shared.cache.load(key, workdir)
             if made is None:
+                # Conversions will follow: a child imports their converter while this exports. (On a cache hit
+                # they likely come from the cache too, and an import would only run beside the timing.)
+                shared.converters.warm(shared.child_modules)
                 made = [export_onnx(shared.source, opset, workdir)]
                 shared.cache.store(key, made)
             else:

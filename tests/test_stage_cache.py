@@ -128,3 +128,18 @@ def test_code_outside_the_model_file_that_changes_the_outputs_remakes_the_export
     assert [stages for stages, _ in built.values()] == [[], [EXPORT], []]
     assert built[0][1]["sha256"] == built[1][1]["sha256"] != built[2][1]["sha256"]
     assert built[2][1]["parity"]["passed"]
+
+
+def test_a_rerun_from_the_cache_starts_no_converter_child(cache, tmp_path, monkeypatch):
+    """A child importing TensorFlow would only run beside the host timing when every conversion is cached."""
+    from edgekit.isolation import Converters
+
+    warmed = []
+    warm = Converters.warm
+    monkeypatch.setattr(Converters, "warm", lambda self, modules: (warmed.append(modules), warm(self, modules)))
+    build = ["build", "--target", "arm64", "--quantize", "int8", "--quiet", "--out"]
+    assert run_cli(*build, tmp_path / "first") == 0
+    assert warmed == [["edgekit.stages.tflite", "onnx2tf"]]
+    assert run_cli(*build, tmp_path / "second") == 0
+    assert warmed == [["edgekit.stages.tflite", "onnx2tf"]]
+    assert cached(tmp_path / "second", "arm64") == [EXPORT, QUANTIZE, "convert to TFLite (fp32, int8)"]
