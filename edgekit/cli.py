@@ -346,7 +346,7 @@ def _bench(args: argparse.Namespace) -> int:
         builtin = package.read_manifest(folder).target.builtin
         target = targets.for_build(builtin, args.target, str(folder))  # never the folder's own profile copy
         records = bench_folder(folder, target, args.runner, args.runs, args.warmup, args.threads, args.samples,
-                               only=None if path.is_dir() else {path.name}, energy=args.energy)
+                               only=None if path.is_dir() else path.name, energy=args.energy)
     else:
         records = bench_file(path, targets.load(args.target or "arm64"), args.runner, args.runs, args.warmup,
                              args.threads, args.energy)

@@ -1,7 +1,8 @@
 """The format registry: everything edgekit knows about one artifact format, in one entry.
 
 A format is its file suffix, the precisions a profile may list for it (under the profile key of the
-same name), the stages that make its artifacts, its host runner, its per-layer capture and a label.
+same name), the stages that make its artifacts, its host runner, its per-layer capture, what runs it in the
+device runner and a label.
 No other module branches on a format's name; a new format is a stage module, a runner module, an entry
 here, a profile key, and its conformance test (tests/test_formats.py fails for a format without one).
 """
@@ -28,6 +29,7 @@ class Format:
     stages: Callable[[StageContext, list[str]], list[Stage]]  # the stages that make these precisions
     runner: Callable[[Path, Runtime, Any], Runner]  # the host runner, fed through the artifact's recorded io
     capture: Callable[[Path, dict, Any], Any] | None  # every intermediate tensor, for per-layer divergence
+    device: str  # what runs its files in the device runner (device/runner.py --runtime)
     tensorrt: bool = False  # GPU targets get a trtexec command for its artifacts
     # Per-layer mapping: a format whose tensors keep the hub graph's names maps by name; any other is matched
     # by value through its own fp32 file, and its other files are aligned to that one op by op, with these
@@ -179,15 +181,15 @@ def _ort_artifact(context: StageContext, precision: str) -> Artifact:
 
 FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
-           tensorrt=True, hub_names=True),
+           "onnxruntime", tensorrt=True, hub_names=True),
     Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
-           _tflite_capture, bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu"),
+           _tflite_capture, "litert", bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu"),
            child_modules=("onnx2tf", "edgekit.stages.tflite")),
     # ExecuTorch's intermediate-output tap gives wrong values on quantized programs (1.5.1): no capture yet.
-    Format("pte", ".pte", "ExecuTorch (XNNPACK)", ("fp32", "int8"), _pte_stages, _pte_runner, None),
+    Format("pte", ".pte", "ExecuTorch (XNNPACK)", ("fp32", "int8"), _pte_stages, _pte_runner, None, "executorch"),
     # Its tensors cannot be added as graph outputs (the file is ONNX Runtime's own): no per-layer capture.
     Format("ort", ".ort", "ONNX Runtime (ORT format)", ("fp32", "fp16", "int8"), _ort_stages, _onnx_runner, None,
-           made_from="onnx"),
+           "onnxruntime", made_from="onnx"),
 )}
 
 

@@ -114,6 +114,20 @@ def test_unknown_provider_falls_back(artifact):
     assert report["runtime"]["used"] == "CPUExecutionProvider"
 
 
+def test_the_runtime_a_caller_names_runs_a_file_whatever_its_suffix(artifact):
+    """bench names the runtime from the format registry, so a new format on a known runtime needs no change here."""
+    folder, reference = artifact
+    (folder / "model.bin").write_bytes((folder / "model.onnx").read_bytes())
+    command = [sys.executable, str(RUNNER), str(folder / "model.bin"), "--inputs", str(folder / "inputs.npz"),
+               "--out", str(folder / "bin.npz"), "--json", str(folder / "bin.json"), "--runs", "1"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "unsupported artifact" in refused.stderr and "--runtime" in refused.stderr
+    done = subprocess.run([*command, "--runtime", "onnxruntime"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with np.load(folder / "bin.npz") as out:
+        check_outputs({k: out[k] for k in out.files}, reference, atol=1e-6)
+
+
 def test_tflite_tensor_adapter():
     """A reference-layout float array becomes the runtime tensor and back exactly as the manifest entry says:
     transposed, quantized with the entry's scale/zero point, and nothing is guessed from shapes (C == H == W)."""

@@ -119,7 +119,8 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
         np.savez(workdir / "inputs.npz", **inputs)
         args = [artifact.name, "--inputs", "inputs.npz", "--out", "result.npz", "--json", "result.json",
                 "--threads", str(settings["threads"]), "--warmup", str(settings["warmup"]),
-                "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"])]
+                "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"]),
+                "--runtime", formats.by_suffix(artifact).device]
         if entry is not None:
             (workdir / "io.json").write_text(json.dumps({"inputs": [s.to_dict() for s in entry.inputs],
                                                          "outputs": [s.to_dict() for s in entry.outputs]}))

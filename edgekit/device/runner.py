@@ -345,6 +345,10 @@ def run_all(model, arrays, size):
     return [np.concatenate([o[i] for o in outputs]) for i in range(len(model.output_names))], first_ms
 
 
+# The runtime a file is run with when the caller does not name it (`--runtime`).
+SUFFIX_RUNTIMES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "litert", ".pte": "executorch"}
+
+
 def percentiles(times):
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
             "p99": float(np.percentile(times, 99)), "mean": float(times.mean()), "min": float(times.min())}
@@ -364,21 +368,21 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=0, help="for a dynamic batch axis (default 32)")
     p.add_argument("--providers", default="XnnpackExecutionProvider,CPUExecutionProvider",
                    help="ONNX Runtime providers in order of preference; missing ones are skipped")
+    p.add_argument("--runtime", choices=sorted(set(SUFFIX_RUNTIMES.values())),
+                   help="what runs the file (edgekit's bench names it); default: by its suffix")
     args = p.parse_args(argv)
 
     io = None
     if args.io:
         with open(args.io) as f:
             io = json.load(f)
-    suffix = os.path.splitext(args.model)[1].lower()
-    if suffix in (".onnx", ".ort"):  # ONNX Runtime loads its own ORT format the same way
+    runtime = args.runtime or SUFFIX_RUNTIMES.get(os.path.splitext(args.model)[1].lower())
+    if runtime is None:
+        raise SystemExit(f"unsupported artifact {args.model}: expected {', '.join(SUFFIX_RUNTIMES)}, or --runtime")
+    if runtime == "onnxruntime":
         model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
-    elif suffix == ".tflite":
-        model, load_ms = timed(TfliteModel, args.model, args.threads, io)
-    elif suffix == ".pte":
-        model, load_ms = timed(PteModel, args.model, args.threads, io)
     else:
-        raise SystemExit(f"unsupported artifact {args.model}: expected .onnx, .ort, .tflite or .pte")
+        model, load_ms = timed(TfliteModel if runtime == "litert" else PteModel, args.model, args.threads, io)
 
     with np.load(args.inputs) as data:
         arrays = match_inputs(model.input_names, data)
