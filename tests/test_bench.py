@@ -49,6 +49,16 @@ def test_native_bench_of_every_artifact_with_on_target_parity(example_build, tmp
     assert run_cli("check", folder) == 0
 
 
+def test_one_file_of_a_build_folder_is_benched_alone_with_on_target_parity(example_build, tmp_path, capsys):
+    folder = tmp_path / "arm64-pte"
+    shutil.copytree(example_build / "arm64-pte", folder)
+    code, records = bench_json(capsys, folder / "model.int8.ort", "--runner", "native", "--runs", "3")
+    assert code == 0 and [r["file"] for r in records] == ["model.int8.ort"]
+    assert records[0]["parity"]["passed"] and records[0]["runtime"]["name"] == "onnxruntime"
+    benched = {a["file"]: [b["runner"] for b in a["benchmarks"]] for a in read_manifest(folder)["artifacts"]}
+    assert benched["model.int8.ort"] == ["build", "native"] and benched["model.int8.onnx"] == ["build"]
+
+
 def test_lone_artifact_gets_latency_without_a_parity_claim(example_build, tmp_path, capsys):
     artifact = tmp_path / "model.int8.tflite"
     shutil.copy(example_build / "arm64" / "model.int8.tflite", artifact)
