@@ -167,16 +167,15 @@ def _ort_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
             return c.target.ort.optimization, made_from in c.made and sha256_file(c.made[made_from].path)
 
         return Stage(f"save ORT format ({precision})", 1, "ort", (precision,), (made_from,),
-                     lambda c: [_ort_artifact(c, precision)], settings=inputs)
+                     lambda c: [_ort_artifact(c, c.made.get(made_from), precision)], settings=inputs)
 
     return [stage(precision) for precision in precisions]
 
 
-def _ort_artifact(context: StageContext, precision: str) -> Artifact:
+def _ort_artifact(context: StageContext, onnx_artifact: Artifact | None, precision: str) -> Artifact:
     from .stages.ort_format import save_ort
 
-    return save_ort(context.made.get(f"onnx:{precision}"), precision, context.target.ort.optimization,
-                    context.folder)
+    return save_ort(onnx_artifact, precision, context.target.ort.optimization, context.folder)
 
 
 FORMATS = {format.name: format for format in (
