@@ -139,8 +139,8 @@ def test_example_tflite_maps_to_onnx(example_captures, tmp_path):
     from edgekit.stages.tflite import convert_tflite
 
     calibration, _ = digits()
-    tflite = {a.precision: a for a in convert_tflite(example_captures["fp32"], ["fp32", "int8"], calibration,
-                                                          "int8", tmp_path)}
+    tflite = {a.precision: a for a in convert_tflite(example_captures["fp32"], ["fp32", "fp16", "int8"],
+                                                          calibration, "int8", tmp_path)}
     x = example_captures["x"]
     float_capture = capture_tflite(tflite["fp32"].path, x, tflite["fp32"].io)
     mapping = match_by_value(example_captures["onnx"], float_capture)
@@ -148,6 +148,10 @@ def test_example_tflite_maps_to_onnx(example_captures, tmp_path):
     assert coverage["fraction"] >= 0.9, coverage
     int8_capture = capture_tflite(tflite["int8"].path, x, tflite["int8"].io)
     assert set(mapping.pairs.values()) <= set(int8_capture.tensors)  # the float mapping fits the int8 model
+    # The fp16 file dequantizes its weights as it runs: those are weights, not layers, and are not captured.
+    fp16_capture = capture_tflite(tflite["fp16"].path, x, tflite["fp16"].io)
+    assert "DEQUANTIZE" not in fp16_capture.kinds.values()
+    assert list(fp16_capture.kinds.values()) == list(float_capture.kinds.values())
     to_module = map_torch_onnx(example_captures["torch"], example_captures["onnx"]).pairs
     rows = compare_layers(example_captures["torch"], int8_capture, compose(to_module, mapping.pairs))
     assert len(rows) >= 25 and first_divergence(rows, 20.0) is None

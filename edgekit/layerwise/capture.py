@@ -27,13 +27,28 @@ def _batches(inputs: dict[str, np.ndarray], batch: int):
         yield {name: array[start:start + batch] for name, array in inputs.items()}
 
 
-def _collect(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Each tensor's samples joined along the batch axis (one run is taken as it is: no second copy of
-    every tensor); scalars (an attention scale) are not layers."""
-    def joined(name: str) -> np.ndarray:
-        return runs[0][name] if len(runs) == 1 else np.concatenate([run[name] for run in runs])
+class _Joined:
+    """Each tensor's samples joined along the batch axis as the runs come: one float32 array per tensor, each
+    run copied into its rows (no list of runs joined at the end); a single run is taken as it is. Scalars (an
+    attention scale) are not layers."""
 
-    return {name: joined(name).astype(np.float32, copy=False) for name, value in runs[0].items() if np.ndim(value) > 0}
+    def __init__(self, inputs: dict[str, np.ndarray], batch: int):
+        self.runs = len(next(iter(inputs.values()))) // batch
+        self.tensors: dict[str, np.ndarray] = {}
+        self._added = 0
+
+    def add(self, run: dict[str, np.ndarray]) -> None:
+        for name, value in run.items():
+            if np.ndim(value) == 0:
+                continue
+            if self.runs == 1:
+                self.tensors[name] = np.asarray(value).astype(np.float32, copy=False)
+                continue
+            rows = len(value)
+            if name not in self.tensors:
+                self.tensors[name] = np.empty((self.runs * rows, *np.shape(value)[1:]), np.float32)
+            self.tensors[name][self._added * rows:(self._added + 1) * rows] = value
+        self._added += 1
 
 
 # ---- PyTorch ----------------------------------------------------------------------------------------
@@ -68,17 +83,17 @@ def capture_torch(module, inputs: dict[str, np.ndarray], batch: int = 32) -> Cap
 
     handles = [m.register_forward_hook(hook(name or "<model>", not any(True for _ in m.children())))
                for name, m in module.named_modules()]
-    runs = []
+    joined = _Joined(inputs, batch)
     try:
         with torch.no_grad():
             for feeds in _batches(inputs, batch):
                 state["run"], state["last"] = dict(feeds), None
                 module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
-                runs.append(state["run"])
+                joined.add(state["run"])
     finally:
         for handle in handles:
             handle.remove()
-    return Capture(_collect(runs), {**{name: "input" for name in inputs}, **kinds}, aliases)
+    return Capture(joined.tensors, {**{name: "input" for name in inputs}, **kinds}, aliases)
 
 
 # ---- ONNX -------------------------------------------------------------------------------------------
@@ -153,12 +168,11 @@ def capture_onnx(model, inputs: dict[str, np.ndarray]) -> Capture:
     first = session.get_inputs()[0].shape[0]
     batch = first if isinstance(first, int) and first > 0 else 32
     feeds_names = [i.name for i in session.get_inputs()]
-    runs = []
+    joined = _Joined(inputs, batch)
     for feeds in _batches(inputs, batch):
         values = session.run(names, dict(zip(feeds_names, feeds.values())))
-        runs.append({wanted[n][0]: v for n, v in zip(names, values)})
-    collected = _collect(runs)
-    return Capture({name: collected[name] for name, _ in wanted.values() if name in collected},
+        joined.add({wanted[n][0]: v for n, v in zip(names, values)})
+    return Capture({name: joined.tensors[name] for name, _ in wanted.values() if name in joined.tensors},
                    dict(wanted.values()))
 
 
@@ -195,27 +209,29 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
     names = {d["index"]: e["name"] for d, e in zip(in_details, in_entries)}
     names.update({index: e["name"] for index, e in output_entries.items()})
     order, kinds = [d["index"] for d in in_details], {d["index"]: "input" for d in in_details}
+    varying = set(kinds)  # tensors that depend on an input; the rest are weights (fp16 ones dequantized)
     for op in ops_details(interpreter):
+        if not varying.intersection(op["inputs"]):
+            continue
         for index in op["outputs"]:
             if index >= 0 and index not in kinds:
                 order.append(index)
                 kinds[index] = op["op_name"]
+                varying.add(index)
     key = {i: names.get(i, tflite_key(details[i]["name"])) for i in order}
     entries = {**dict(zip(order, adapter.own_entries([details[i] for i in order]))), **output_entries}
-    runs = []
+    joined = _Joined(inputs, 1)
     for feeds in _batches(inputs, 1):
         for detail, entry in zip(in_details, in_entries):
             interpreter.set_tensor(detail["index"], adapter.to_runtime(feeds[entry["name"]], entry, detail["dtype"]))
         interpreter.invoke()
-        run = {}
-        for index in order:
-            run[key[index]] = adapter.from_runtime(interpreter.get_tensor(index), entries[index])
-        runs.append(run)
+        joined.add({key[index]: adapter.from_runtime(interpreter.get_tensor(index), entries[index])
+                    for index in order})
     # Channel-first views of the joined channel-last tensors (graph outputs are laid out by their entry):
     # joining first is one contiguous copy, where joining transposed views is a slow strided one.
     channel_last = set()
     for index in order:  # a key written twice is laid out as its last tensor is
         (channel_last.discard if index in output_entries else channel_last.add)(key[index])
     tensors = {name: np.moveaxis(value, -1, 1) if name in channel_last and value.ndim >= 3 else value
-               for name, value in _collect(runs).items()}
+               for name, value in joined.tensors.items()}
     return Capture(tensors, {key[i]: kinds[i] for i in order})

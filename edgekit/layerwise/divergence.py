@@ -47,45 +47,52 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
     else:
         reference_capture, to_onnx = onnx_capture, {name: name for name in onnx_capture.tensors}
     entries = {entry.name: entry for entry in manifest.artifacts}
-    through_float = {}  # format -> (its fp32 capture, hub tensor -> its tensor), for formats matched by value
-    for fmt in FORMATS.values():
-        floats = fmt.file("fp32")
-        if fmt.capture and not fmt.hub_names and floats in entries and package.inside(folder, floats, floats).is_file():
-            capture = captured[floats] = fmt.capture(folder / floats, inputs,
-                                                     (entries[floats].inputs, entries[floats].outputs))
-            pairs = match_by_value(onnx_capture, capture).pairs
-            through_float[fmt.name] = capture, pairs
-            coverage[f"onnx_nodes_to_{fmt.name}_tensors"] = node_coverage(graph, set(pairs), fusable=fmt.fused_ops)
-    threshold = _threshold(manifest)
-    not_mapped = {}
-    work = []  # (artifact, what maps the reference's tensors to its own), in the manifest's order
-    for entry in manifest.artifacts:
-        if (only is not None and entry.name not in only) or (reference == "onnx" and entry.name == FLOAT_ONNX):
-            continue
-        fmt = get(entry.format)
-        if fmt.capture is None:
-            not_mapped[entry.name] = f"{fmt.label} has no per-layer capture in edgekit yet"
-        elif fmt.hub_names:
-            work.append((entry, lambda capture: to_onnx))
-        elif fmt.name in through_float:  # else: no fp32 file of its format to map it through
-            floats, pairs = through_float[fmt.name]
-            work.append((entry, lambda capture, floats=floats, pairs=pairs, fmt=fmt: compose(
-                compose(to_onnx, pairs), align_lowerings(floats, capture, fmt.bookkeeping_ops))))
-
-    def rows_of(entry, mapping) -> dict[str, Any]:
-        candidate = captured.pop(entry.name, None)  # each file is compared once: its capture is let go after
-        if candidate is None:
-            candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"), inputs,
-                                                  (entry.inputs, entry.outputs))
-        rows = compare_layers(reference_capture, candidate, mapping(candidate))
-        first, drop = first_divergence(rows, threshold), largest_drop(rows)
-        return {"rows": [r.to_dict() for r in rows], "first_divergence": first.to_dict() if first else None,
-                "largest_drop": drop.to_dict() if drop else None}
-
-    # Two at a time: the runtimes and numpy's sums work outside the GIL, so two artifacts use two cores.
+    # Two at a time: the runtimes and numpy's sums work outside the GIL, so two artifacts use two cores. A
+    # format's fp32 file is captured first, beside the first of the files mapped through it.
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgekit-layers")
+
+    def through(fmt) -> tuple[Capture, dict[str, str]]:
+        """The fp32 file of a format matched by value: its capture, and hub tensor -> its tensor."""
+        floats = fmt.file("fp32")
+        capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
+        return capture, match_by_value(onnx_capture, capture).pairs
+
     try:
+        through_float = {fmt.name: pool.submit(through, fmt) for fmt in FORMATS.values()
+                         if fmt.capture and not fmt.hub_names and fmt.file("fp32") in entries
+                         and package.inside(folder, fmt.file("fp32"), fmt.file("fp32")).is_file()}
+        threshold = _threshold(manifest)
+        not_mapped = {}
+        work = []  # (artifact, what maps the reference's tensors to its own), in the manifest's order
+        for entry in manifest.artifacts:
+            if (only is not None and entry.name not in only) or (reference == "onnx" and entry.name == FLOAT_ONNX):
+                continue
+            fmt = get(entry.format)
+            if fmt.capture is None:
+                not_mapped[entry.name] = f"{fmt.label} has no per-layer capture in edgekit yet"
+            elif fmt.hub_names:
+                work.append((entry, lambda capture: to_onnx))
+            elif fmt.name in through_float:  # else: no fp32 file of its format to map it through
+                work.append((entry, lambda capture, fmt=fmt: compose(
+                    compose(to_onnx, through_float[fmt.name].result()[1]),
+                    align_lowerings(through_float[fmt.name].result()[0], capture, fmt.bookkeeping_ops))))
+
+        def rows_of(entry, mapping) -> dict[str, Any]:
+            candidate = captured.pop(entry.name, None)  # each file is compared once: its capture is let go after
+            if candidate is None and entry.format in through_float and entry.name == get(entry.format).file("fp32"):
+                candidate = through_float[entry.format].result()[0]  # captured already, to map its format through
+            if candidate is None:
+                candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"),
+                                                      inputs, (entry.inputs, entry.outputs))
+            rows = compare_layers(reference_capture, candidate, mapping(candidate))
+            first, drop = first_divergence(rows, threshold), largest_drop(rows)
+            return {"rows": [r.to_dict() for r in rows], "first_divergence": first.to_dict() if first else None,
+                    "largest_drop": drop.to_dict() if drop else None}
+
         results = dict(zip((entry.name for entry, _ in work), pool.map(lambda job: rows_of(*job), work)))
+        for name, job in through_float.items():
+            coverage[f"onnx_nodes_to_{name}_tensors"] = node_coverage(graph, set(job.result()[1]),
+                                                                     fusable=get(name).fused_ops)
     finally:  # on Ctrl-C or an error, the artifacts not yet started are not captured
         pool.shutdown(cancel_futures=True)
     return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
