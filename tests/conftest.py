@@ -35,9 +35,7 @@ def read_manifest(folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def shared_stage_cache(tmp_path_factory) -> Path:
-    """A stage cache for the shared builds (as a user's default is on): targets of one build, and builds of one
-    model for two targets, make an identical stage once (arm64-pte's ONNX and TFLite files are arm64's).
-    Tests of the cache itself use their own."""
+    """The session's stage cache (see `session_stage_cache`)."""
     return tmp_path_factory.mktemp("stage-cache")
 
 
@@ -53,12 +51,10 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def example_build(tmp_path_factory, shared_stage_cache) -> Path:
+def example_build(tmp_path_factory) -> Path:
     """The bundled example built once for arm64, x86_64 and arm64-pte (what `edgekit build` does with no model)."""
     out = tmp_path_factory.mktemp("example")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
-        assert run_cli("build", "--target", "arm64,x86_64,arm64-pte", "--out", out, "--quiet") == 0
+    assert run_cli("build", "--target", "arm64,x86_64,arm64-pte", "--out", out, "--quiet") == 0
     return out
 
 
@@ -153,9 +149,17 @@ def one_line_error(capsys_or_text, code: int, expected_code: int = 2, *words: st
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_stage_cache():
-    """Every test and shared build makes its stages afresh (several tests patch a stage's code, and the user's
-    own cache must not decide a result); tests/test_stage_cache.py turns the cache on in a folder of its own."""
+def session_stage_cache(shared_stage_cache):
+    """Builds share one stage cache for the session, as a user's builds share theirs (an identical stage, such as
+    the example's ExecuTorch lowering in the default profiles, is made once); the user's own cache never decides
+    a result. Tests that patch a stage's code or watch stages run use `fresh_stages`; tests/test_stage_cache.py
+    uses a folder of its own."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EDGEKIT_STAGE_CACHE", "off")
+        patch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
         yield
+
+
+@pytest.fixture
+def fresh_stages(monkeypatch):
+    """Every stage of this test's builds is made afresh."""
+    monkeypatch.setenv("EDGEKIT_STAGE_CACHE", "off")

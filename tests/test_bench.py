@@ -11,7 +11,7 @@ from conftest import read_manifest, run_cli
 
 # (the example build's folder, file): one INT8 artifact per format; the arm64 image and root filesystem run
 # the .pte on the torch-free executorch_numpy_runtime.
-INT8_ARTIFACTS = [("arm64", "model.int8.onnx"), ("arm64", "model.int8.tflite"), ("arm64-pte", "model.int8.pte"),
+INT8_ARTIFACTS = [("arm64", "model.int8.onnx"), ("arm64", "model.int8.tflite"), ("arm64", "model.int8.pte"),
                   ("arm64-pte", "model.int8.ort")]
 
 
@@ -34,12 +34,13 @@ def test_native_bench_of_every_artifact_with_on_target_parity(example_build, tmp
     shutil.copy(example_build / "x86_64.tar.gz", tmp_path)
     code, records = bench_json(capsys, folder, "--runner", "native", "--runs", "20", "--warmup", "2")
     assert code == 0
-    assert [r["file"] for r in records] == ["model.fp32.onnx", "model.int8.onnx"]
+    assert [r["file"] for r in records] == ["model.fp32.onnx", "model.int8.onnx", "model.fp32.pte", "model.int8.pte"]
     for record in records:
         assert_latency(record)
         assert record["kind"] == "native" and record["where"].startswith("native on this machine")
         assert record["runs"] == 20 and record["threads"] == 1 and record["samples"] == 360
-        assert record["runtime"]["name"] == "onnxruntime" and record["machine"]["isa"]
+        runtime = "executorch" if record["file"].endswith(".pte") else "onnxruntime"
+        assert record["runtime"]["name"] == runtime and record["machine"]["isa"]
         assert record["parity"]["passed"] and record["parity"]["accuracy"] >= 99.0
     manifest = read_manifest(folder)
     assert [b["runner"] for b in manifest["artifacts"][0]["benchmarks"]] == ["build", "native"]  # build: host timing

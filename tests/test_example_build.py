@@ -12,8 +12,8 @@ from conftest import read_manifest, run_cli
 
 
 EXPECTED = {"arm64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.fp16.tflite",
-                      "model.dynamic_int8.tflite", "model.int8.tflite"],
-            "x86_64": ["model.fp32.onnx", "model.int8.onnx"]}
+                      "model.dynamic_int8.tflite", "model.int8.tflite", "model.fp32.pte", "model.int8.pte"],
+            "x86_64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.pte", "model.int8.pte"]}
 
 
 @pytest.mark.parametrize("target", ["arm64", "x86_64"])

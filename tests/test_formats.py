@@ -17,7 +17,7 @@ from edgekit.stages import HUB, Artifact, StageContext, validate_order
 from conftest import run_cli
 
 # The built-in profile whose example build ships each format's artifacts.
-CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64-pte", "ort": "arm64-pte"}
+CONFORMANCE = {"onnx": "arm64", "tflite": "arm64", "pte": "arm64", "ort": "arm64-pte"}
 
 
 def test_every_registered_format_has_a_conformance_entry():

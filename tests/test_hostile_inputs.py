@@ -119,7 +119,7 @@ def test_a_rebuild_replaces_its_own_build_and_clears_only_its_own_stale_staging(
     assert run_cli("build", *FAST, "--out", out) == 0
     assert not stale.exists() and live.exists() and foreign.exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["x86_64", "x86_64.tar.gz"]
-    assert [a["file"] for a in read_manifest(out / "x86_64")["artifacts"]] == ["model.fp32.onnx"]
+    assert [a["file"] for a in read_manifest(out / "x86_64")["artifacts"]] == ["model.fp32.onnx", "model.fp32.pte"]
 
 
 # ---- check: paths stay inside, limits come from the profile, releases can be pinned ---------------------
@@ -315,7 +315,7 @@ def test_a_signal_inside_the_pytorch_exporter(tmp_path, sent, expected):
 
 
 @pytest.mark.slow
-def test_sigterm_while_onnx2tf_converts_stops_its_child_and_publishes_nothing(tmp_path):
+def test_sigterm_while_onnx2tf_converts_stops_its_child_and_publishes_nothing(tmp_path, fresh_stages):
     psutil = pytest.importorskip("psutil")
     process = subprocess.Popen([sys.executable, "-m", "edgekit", "build", "--target", "arm64", "--quantize", "fp16",
                                 "--out", str(tmp_path / "out"), "--quiet"], stdout=subprocess.PIPE,

@@ -12,7 +12,7 @@ def test_mobilenet_v2_builds_for_arm64_with_parity(tmp_path):
     # this profile judges INT8 on cosine and SNR only.
     target = tmp_path / "arm64-random-weights.yaml"
     target.write_text("extends: arm64\ndescription: arm64, INT8 judged without top-1 (random weights)\n"
-                      "tflite: {precisions: [fp32, int8]}\n"
+                      "formats: [onnx, tflite]\ntflite: {precisions: [fp32, int8]}\n"
                       "tolerances: {int8: {min_top1_agreement: null, min_cosine: 0.99}}\n")
     out = tmp_path / "out"
     assert run_cli("build", f"{TESTS / 'models.py'}:mobilenet_v2", "--input-shape", "1,3,224,224",

@@ -8,17 +8,11 @@ from edgekit.errors import UserError
 from edgekit.stages.ort_format import save_ort
 
 
-@pytest.fixture
-def cached_stages(shared_stage_cache, monkeypatch):
-    """The example build's export and INT8 quantization, from the stage cache they were made in."""
-    monkeypatch.setenv("EDGEKIT_STAGE_CACHE", str(shared_stage_cache))
-
-
 def artifacts(folder) -> dict:
     return {a["file"]: a for a in read_manifest(folder)["artifacts"]}
 
 
-def test_convert_to_ort_ships_only_the_ort_files(example_build, cached_stages, tmp_path):
+def test_convert_to_ort_ships_only_the_ort_files(example_build, tmp_path):
     assert run_cli("convert", "--to", "ort", "--out", tmp_path, "--quiet") == 0
     folder = tmp_path / "arm64-ort"
     built = artifacts(folder)
@@ -33,7 +27,7 @@ def test_convert_to_ort_ships_only_the_ort_files(example_build, cached_stages, t
     assert not any("QLinearConv" in line for line in built["model.fp32.ort"]["details"]["required_operators"])
 
 
-def test_a_profile_may_list_ort_before_onnx_and_precisions_onnx_does_not_ship(example_build, cached_stages,
+def test_a_profile_may_list_ort_before_onnx_and_precisions_onnx_does_not_ship(example_build,
                                                                               tmp_path):
     profile = tmp_path / "phone.yaml"
     profile.write_text("extends: arm64\ndescription: float ONNX, INT8 ORT format\nformats: [ort, onnx]\n"

@@ -87,7 +87,7 @@ def test_two_outputs_are_compared_separately(tmp_path, data):
     assert run_cli("build", f"{TESTS / 'models.py'}:two_heads", "--input-shape", "1,3,32,32", "--calib",
                    data / "calib.npy", "--out", out, "--quantize", "fp16", "--target", "x86_64", "--quiet") == 0
     artifacts = read_manifest(out / "x86_64")["artifacts"]
-    assert [a["precision"] for a in artifacts] == ["fp32", "fp16"]
+    assert [(a["format"], a["precision"]) for a in artifacts] == [("onnx", "fp32"), ("onnx", "fp16"), ("pte", "fp32")]
     for artifact in artifacts:
         assert set(artifact["parity"]["outputs"]) == {"output_0", "output_1"}
         assert "top1_agreement" in artifact["parity"]["outputs"]["output_0"]

@@ -14,6 +14,7 @@ from conftest import read_manifest, run_cli
 INT8 = ["--target", "x86_64", "--quantize", "int8", "--quiet"]
 EXPORT = "export ONNX (opset 18) and simplify"
 QUANTIZE = "quantize INT8 (minmax calibration, 128 samples)"
+LOWER_PTE = "lower to ExecuTorch (fp32, int8)"
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def shas(out: Path, target: str = "x86_64") -> dict[str, str]:
 def test_a_rerun_reuses_the_export_and_quantized_model_and_recomputes_parity(cache, tmp_path, monkeypatch):
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli("build", *INT8, "--out", first) == 0
-    assert cached(first) == [] and len(list(cache.iterdir())) == 3  # export, INT8, the per-layer SNR
+    assert cached(first) == [] and len(list(cache.iterdir())) == 4  # export, INT8, ExecuTorch, the per-layer SNR
     import edgekit.layerwise.divergence as per_layer
 
     def recomputed(*args, **kwargs):
@@ -42,7 +43,7 @@ def test_a_rerun_reuses_the_export_and_quantized_model_and_recomputes_parity(cac
 
     monkeypatch.setattr(per_layer, "divergence", recomputed)
     assert run_cli("build", *INT8, "--out", second) == 0
-    assert cached(second) == [EXPORT, QUANTIZE]
+    assert cached(second) == [EXPORT, QUANTIZE, LOWER_PTE]
     assert shas(second) == shas(first)  # the same bytes, verified again
     built = read_manifest(second / "x86_64")
     assert built["artifacts"][1]["parity"]["passed"]
@@ -63,8 +64,8 @@ def test_a_changed_tolerance_reruns_only_parity(cache, tmp_path):
     assert run_cli("build", *INT8, "--out", tmp_path / "loose") == 0
     out = tmp_path / "strict-out"
     assert run_cli("build", "--target", strict, "--quantize", "int8", "--keep-going", "--out", out, "--quiet") == 0
-    assert cached(out, "strict") == [EXPORT, QUANTIZE]
-    assert [a["parity"]["passed"] for a in read_manifest(out / "strict")["artifacts"]] == [True, False]
+    assert cached(out, "strict") == [EXPORT, QUANTIZE, LOWER_PTE]
+    assert [a["parity"]["passed"] for a in read_manifest(out / "strict")["artifacts"]] == [True, False, True, False]
 
 
 def test_no_cache_makes_every_stage_and_stores_nothing(cache, tmp_path):
@@ -87,9 +88,9 @@ def test_two_builds_sharing_the_cache_at_once(cache, tmp_path):
         assert build.returncode == 0, err
     assert shas(tmp_path / "b0") == shas(tmp_path / "b1")
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no partial entry left
-    assert len(list(cache.iterdir())) == 3  # one entry each: export, INT8, per-layer SNR
+    assert len(list(cache.iterdir())) == 4  # one entry each: export, INT8, ExecuTorch, per-layer SNR
     assert run_cli("build", *INT8, "--out", tmp_path / "b2") == 0
-    assert cached(tmp_path / "b2") == [EXPORT, QUANTIZE]
+    assert cached(tmp_path / "b2") == [EXPORT, QUANTIZE, LOWER_PTE]
 
 
 MODEL = """
@@ -125,7 +126,7 @@ def test_code_outside_the_model_file_that_changes_the_outputs_remakes_the_export
                        "--random-calib", "--out", out, "--quiet") == 0
         sys.modules.pop("scaling", None)  # the next build imports the changed file
         built[len(built)] = (cached(out), read_manifest(out / "x86_64")["artifacts"][0])
-    assert [stages for stages, _ in built.values()] == [[], [EXPORT], []]
+    assert [stages for stages, _ in built.values()] == [[], [EXPORT, "lower to ExecuTorch (fp32)"], []]
     assert built[0][1]["sha256"] == built[1][1]["sha256"] != built[2][1]["sha256"]
     assert built[2][1]["parity"]["passed"]
 
@@ -142,4 +143,4 @@ def test_a_rerun_from_the_cache_starts_no_converter_child(cache, tmp_path, monke
     assert warmed == [["edgekit.stages.tflite", "onnx2tf"]]
     assert run_cli(*build, tmp_path / "second") == 0
     assert warmed == [["edgekit.stages.tflite", "onnx2tf"]]
-    assert cached(tmp_path / "second", "arm64") == [EXPORT, QUANTIZE, "convert to TFLite (fp32, int8)"]
+    assert cached(tmp_path / "second", "arm64") == [EXPORT, QUANTIZE, "convert to TFLite (fp32, int8)", LOWER_PTE]

@@ -1,10 +1,11 @@
 """Conformance zoo: architecture families this project did not design (tests/zoo.py), each built end to end.
 
-Every family builds for arm64 (ONNX fp32/INT8, TFLite fp32/fp16/dynamic/INT8) and x86_64 (ONNX fp32/INT8)
-with every artifact passing parity, `edgekit check` passing on the folder, and the device runner agreeing
-under emulated arm64; families whose full INT8 misses the gate are built with `--float-fallback auto`, and
-what still cannot ship (KNOWN_LIMITS) must be reported in one line while the rest passes. The per-family
-INT8 numbers are printed (`pytest -s`) for the README and release notes.
+Every family builds for arm64 (ONNX fp32/INT8, TFLite fp32/fp16/dynamic/INT8) and x86_64 (ONNX fp32/INT8), a
+PyTorch family for both as ExecuTorch programs too (fp32/INT8), with every artifact passing parity, `edgekit
+check` passing on the folder, and the device runner agreeing under emulated arm64; families whose full INT8
+misses the gate are built with `--float-fallback auto`, and what still cannot ship (KNOWN_LIMITS) must be
+reported in one line while the rest passes. The per-family INT8 numbers are printed (`pytest -s`) for the
+README and release notes.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ CALIB_SAMPLES, EVAL_SAMPLES = 256, 200
 ARTIFACTS = {"arm64": ["model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.fp16.tflite",
                        "model.dynamic_int8.tflite", "model.int8.tflite"],
              "x86_64": ["model.fp32.onnx", "model.int8.onnx"]}
+PTE = ["model.fp32.pte", "model.int8.pte"]  # made from the PyTorch model: not for an ONNX family
 # Families whose full INT8 misses the gate (per-position top-1 agreement 0.91-0.93): built as a user would
 # then build them, with `--float-fallback auto` (some layers stay float; dynamic-range TFLite is left out).
 RESCUED = {"text_recognizer", "text_recognizer_lstm"}
@@ -30,6 +32,10 @@ RESCUED = {"text_recognizer", "text_recognizer_lstm"}
 KNOWN_LIMITS = {
     # TensorFlow's calibrator crashes on the BiLSTM's WHILE loop: the float TFLite files are still made.
     ("text_recognizer_lstm", "arm64"): {"failure": "crashed (signal SIGSEGV)"},
+    # The plan cannot name the attention's functional ops to the XNNPACK quantizer: its INT8 program stays
+    # just under the per-step top-1 limit (0.967 against 0.97) where the ONNX and TFLite INT8 pass.
+    **{("text_recognizer", target): {"model.int8.pte": "top1_agreement (output) = 0.96"}
+       for target in ("arm64", "x86_64")},
 }
 CASES = [(name, target) for name in zoo.FAMILIES for target in ARTIFACTS]
 
@@ -61,7 +67,7 @@ def zoo_builds(tmp_path_factory):
 
 
 def _expected_files(name: str, target: str) -> list[str]:
-    files = ARTIFACTS[target]
+    files = ARTIFACTS[target] + (PTE if zoo.FAMILIES[name].factory is not None else [])
     if name in RESCUED:  # dynamic-range quantization cannot keep layers float
         files = [f for f in files if f != "model.dynamic_int8.tflite"]
     if "failure" in KNOWN_LIMITS.get((name, target), {}):  # the full-integer TFLite could not be made

@@ -33,6 +33,8 @@ WEIGHTED_OPS = ("aten.convolution.default", "aten.linear.default")  # the layers
 
 def unavailable(source: SourceModel) -> str | None:
     """Why this build cannot make ExecuTorch programs (None: it can)."""
+    if importlib.util.find_spec("executorch") is None:
+        return f"ExecuTorch programs need the executorch package, which is not installed: {INSTALL}"
     if source.kind != "torch":
         return "ExecuTorch programs are made from the PyTorch model by torch.export, and this build's source is ONNX"
     if not hasattr(source.module, "graph_signature") and hasattr(source.module, "_c"):  # a ScriptModule
@@ -46,8 +48,6 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
     the INT8 program keeps the PyTorch modules of the plan's float layers float."""
     import torch
 
-    if importlib.util.find_spec("executorch") is None:
-        raise UserError(f"ExecuTorch programs need the executorch package: {INSTALL}")
     example = tuple(torch.zeros(spec.shape) for spec in source.inputs)
     blocks = {node: plan.modules.get(node) and _weighted_block(source.module, plan.modules[node])
               for node in plan.float_nodes} if plan else {}
