@@ -57,6 +57,11 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
         capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
         return capture, match_by_value(onnx_capture, capture).pairs
 
+    def mapped_through(fmt, capture: Capture) -> dict[str, str]:
+        """Reference tensor -> `capture`'s tensor, through the fp32 file of its format."""
+        floats, pairs = through_float[fmt.name].result()
+        return compose(compose(to_onnx, pairs), align_lowerings(floats, capture, fmt.bookkeeping_ops))
+
     try:
         through_float = {fmt.name: pool.submit(through, fmt) for fmt in FORMATS.values()
                          if fmt.capture and not fmt.hub_names and fmt.file("fp32") in entries
@@ -73,9 +78,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
             elif fmt.hub_names:
                 work.append((entry, lambda capture: to_onnx))
             elif fmt.name in through_float:  # else: no fp32 file of its format to map it through
-                work.append((entry, lambda capture, fmt=fmt: compose(
-                    compose(to_onnx, through_float[fmt.name].result()[1]),
-                    align_lowerings(through_float[fmt.name].result()[0], capture, fmt.bookkeeping_ops))))
+                work.append((entry, lambda capture, fmt=fmt: mapped_through(fmt, capture)))
 
         def rows_of(entry, mapping) -> dict[str, Any]:
             candidate = captured.pop(entry.name, None)  # each file is compared once: its capture is let go after
