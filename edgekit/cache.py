@@ -44,11 +44,14 @@ class StageCache:
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def has(self, key: str) -> bool:
+        return self.root is not None and (self.root / key / ENTRY).is_file()
+
     def load(self, key: str, folder: Path) -> list[Artifact] | None:
         """The entry's artifacts copied into `folder`, or None when there is no such entry."""
-        entry = self.root / key if self.root else None
-        if entry is None or not (entry / ENTRY).is_file():
+        if not self.has(key):
             return None
+        entry = self.root / key
         try:
             records = json.loads((entry / ENTRY).read_text())
             artifacts = []
@@ -70,9 +73,9 @@ class StageCache:
 
     def load_result(self, key: str) -> Any | None:
         """A stored JSON result (a step that makes no files, e.g. the per-layer SNR), or None."""
-        entry = self.root / key / ENTRY if self.root else None
-        if entry is None or not entry.is_file():
+        if not self.has(key):
             return None
+        entry = self.root / key / ENTRY
         try:
             os.utime(entry.parent)
             return json.loads(entry.read_text())

@@ -130,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                        "build names, else arm64; a build folder never chooses its runner)")
     _bench_flags(bench)
     bench.add_argument("--samples", type=_count, help="held-out samples for on-target parity (default: all)")
-    bench.add_argument("--energy", action="store_true", help="also measure joules per inference where this "
-                       "machine exposes power readings (RAPL), over a several-second window, idle subtracted")
+    bench.add_argument("--energy", action="store_true", help="also measure joules per inference where the machine "
+                       "that runs it exposes power readings (NVML, RAPL, a board's power monitor rails), over a "
+                       "several-second window, idle subtracted")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

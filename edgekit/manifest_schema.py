@@ -61,7 +61,8 @@ DETAILS = {"type": "object",
                           "energy_estimate": {"type": "object", "required": ["microjoules"],
                                               "properties": {"microjoules": NUMBER}},
                           "compressed_bytes": {"type": "object", "required": ["zstd", "zip"],
-                                               "properties": {"zstd": COUNT, "zip": COUNT}}}}
+                                               "properties": {"zstd": COUNT, "zip": COUNT}},
+                          "macs": COUNT, "nodes": COUNT}}
 ARTIFACT = {"type": "object",
             "required": ["file", "sha256", "bytes", "format", "precision", "inputs", "outputs", "tolerance", "parity"],
             "properties": {**FILE_RECORD["properties"],
@@ -75,6 +76,19 @@ ARTIFACT = {"type": "object",
                                       "properties": {"passed": {"type": ["boolean", "null"]}}},
                            "details": DETAILS,
                            "benchmarks": {"type": "array", "items": BENCHMARK}}}
+# What bench reads back from a compressed build: how it was compressed, and the original model's host timing.
+PRUNING = {"type": ["object", "null"], "required": ["config", "steps"],
+           "properties": {"config": {"type": "object",
+                                     "properties": {"student": {"type": ["string", "null"]},
+                                                    "round_to": {"type": ["integer", "null"], "minimum": 1}}},
+                          "steps": {"type": "array", "items": {"type": "object", "required": ["step"],
+                                                               "properties": {"step": {"type": "string"}}}},
+                          "original_host_latency": {"anyOf": [
+                              {"type": "null"},
+                              {**BENCHMARK, "required": [*BENCHMARK["required"], "model"],
+                               "properties": {**BENCHMARK["properties"],
+                                              "model": {"type": "object", "required": ["macs", "nodes"],
+                                                        "properties": {"macs": COUNT, "nodes": COUNT}}}}]}}}
 MANIFEST = {
     "type": "object",
     "required": ["schema", "target", "source_model", "model_io", "evaluation", "artifacts", "failures", "versions"],
@@ -90,6 +104,7 @@ MANIFEST = {
         "evaluation": {"type": "object", "required": ["inputs", "reference_outputs"],
                        "properties": {"inputs": FILE_RECORD, "reference_outputs": FILE_RECORD}},
         "artifacts": {"type": "array", "items": ARTIFACT},
+        "pruning": PRUNING,
         "failures": {"type": "array", "items": {"type": "object", "required": ["stage", "format", "error"],
                                                 "properties": {k: {"type": "string"}
                                                                for k in ("stage", "format", "error")}}},

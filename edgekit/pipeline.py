@@ -26,10 +26,10 @@ from .parity import accuracy, classifier_output, range_problems
 from .precision_plan import make_plan
 from .recipe import Recipe
 from .report import Progress
-from .runners import run_dataset
+from .runners import open_runner, run_dataset, runtime_errors
 from .sources import SourceModel, sha256_file
 from .spec import TensorSpec
-from .speed import compare_with_fp32, host_record
+from .speed import compare_with_fp32, host_record, host_timing
 from .cache import StageCache, dataset_hash, default_root, model_fingerprint
 from .stages import Artifact, StageContext, validate_order
 from .stages.export_onnx import EXPORT_VERSION, export_onnx
@@ -42,6 +42,7 @@ LAYERWISE_SAMPLES = 16  # held-out samples for the per-layer SNR every build rec
 # Bytes of intermediate tensors one capture may hold (a few captures are held at once): a 640x640 detector
 # gets fewer samples than a 32x32 classifier, so its memory stays bounded.
 LAYERWISE_CAPTURE_BYTES = 256 << 20
+ORIGINAL_FINGERPRINT_SAMPLES = 8  # the original model's outputs on these key its export in the stage cache
 
 
 @dataclass
@@ -53,11 +54,13 @@ class BuildInputs:
     reference: dict[str, np.ndarray]  # the source model's outputs on the held-out inputs
     reference_engine: dict[str, Any]
     pruning: dict[str, Any] | None  # the prune stage's report; the pruned model is the reference
+    original: SourceModel | None  # the model before pruning, weight sharing or distillation; None without them
     scratch: Path  # where the float ONNX hubs are exported
     cache: StageCache
     converters: Converters
     child_modules: list[str]  # what the formats' conversion children import
     hubs: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # per opset, shared by its targets
+    originals: dict[int, Artifact] = dataclasses.field(default_factory=dict)  # the same for `original`
     cached_hubs: set[int] = dataclasses.field(default_factory=set)  # the opsets whose hub came from the cache
 
     @property
@@ -113,7 +116,7 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         data = load_build_data(recipe, source.inputs)
     for warning in data.warnings():
         progress.note(f"warning: {warning}")
-    pruning = None
+    pruning, original = None, source
     # With a student, a prune section holding only the budget is the student's budget, not a prune request.
     prune_asked = recipe.prune is not None and (not recipe.distill or recipe.prune.ratio is not None
                                                 or bool(recipe.prune.sparsity))
@@ -128,7 +131,7 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         with progress.step("prune, share weights and recover" if recipe.cluster else "prune and recover"):
             source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
-        reference, engine = _reference_outputs(source, data)
+        reference, engine = _reference_outputs(source, data.evaluation.inputs)
     package.create_folder(out)
     results = []
     hubs = tempfile.TemporaryDirectory(prefix="edgekit-hub-")
@@ -136,8 +139,8 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
     modules = sorted({module for target in profiles for name in target.formats
                       for module in formats.get(name).child_modules})
     with hubs, Converters() as converters:
-        shared = BuildInputs(recipe, source, data, reference, engine, pruning, Path(hubs.name), cache, converters,
-                             modules)
+        shared = BuildInputs(recipe, source, data, reference, engine, pruning, original if pruning else None,
+                             Path(hubs.name), cache, converters, modules)
         for target in profiles:
             results.append(_publish(shared, target, out, progress))
     return results
@@ -159,7 +162,6 @@ def _publish(shared: BuildInputs, target: Target, out: Path, progress: Progress)
         return TargetResult(target.name, failure.manifest, None, None, None)
     return TargetResult(target.name, manifest, out / target.name, out / f"{target.name}.tar.gz", digest, cached,
                         benchmarks)
-
 
 
 def _bench(request, target: Target, folder: Path, progress: Progress) -> list[dict[str, Any]]:
@@ -242,7 +244,8 @@ def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[
     return pruned, result.report
 
 
-def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _reference_outputs(source: SourceModel, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                                    dict[str, Any]]:
     try:
         if source.kind == "torch":
             from .runners.torch_runner import TorchRunner
@@ -252,7 +255,7 @@ def _reference_outputs(source: SourceModel, data: BuildData) -> tuple[dict[str, 
             from .runners.onnxrt import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner(source.onnx_path, ["CPUExecutionProvider"])
-        outputs = run_dataset(runner, data.evaluation.inputs)
+        outputs = run_dataset(runner, inputs)
     except Exception as err:  # the user's model (its forward, or its graph in ONNX Runtime) may raise anything
         engine = "PyTorch" if source.kind == "torch" else "ONNX Runtime"
         detail = first_line(err)
@@ -276,7 +279,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     recipe, calibration = shared.recipe, shared.data.calibration
     chosen = {name: chosen_precisions(getattr(target, name).precisions, recipe.quantize, formats.get(name).precisions)
               for name in target.formats}
-    hub, export_step = _hub(shared, target.opset, folder, progress, label)  # every artifact is made from it
+    hub, hub_step = _hub(shared, target.opset, folder, progress, label)  # every artifact is made from it
     kinds = {name: OutputKind.from_dict(data) for name, data in hub.metadata["output_kinds"].items()}
     scheme = target.quantization
     if recipe.calibration.method:
@@ -301,7 +304,7 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
     runner = StageRunner(context, shared.cache, (package.versions(), sha256_file(hub.path),
                                                  dataset_hash(calibration)), progress, label)
     if target.opset in shared.cached_hubs:
-        runner.cached.append(export_step)
+        runner.cached.append(hub_step)
     shipped = {f"{name}:{precision}" for name, precisions in chosen.items() for precision in precisions}
     # A copy of what is made: the background stage adds to it meanwhile.
     runner.meanwhile = lambda: meanwhile(hub, [a for a in list(context.made.values()) if a.key in shipped])
@@ -316,27 +319,67 @@ def _make_artifacts(shared: BuildInputs, target: Target, folder: Path, progress:
 def _hub(shared: BuildInputs, opset: int, folder: Path, progress: Progress, label: str) -> tuple[Artifact, str]:
     """The float ONNX at `opset` in `folder` (exported once per build, or taken from the stage cache, and
     copied for each target) and the name of its step."""
-    step = f"export ONNX (opset {opset}) and simplify"
+    step = export_step(opset)
     if opset not in shared.hubs:
         workdir = shared.scratch / f"opset{opset}"
         workdir.mkdir()
         with progress.step(f"{label} {step}"):
-            key = shared.cache.key(package.versions(), step, EXPORT_VERSION,
-                                   model_fingerprint(shared.source, shared.reference))
-            made = shared.cache.load(key, workdir)
-            if made is None:
-                # Conversions will follow: a child imports their converter while this exports. (On a cache hit
-                # they likely come from the cache too, and an import would only run beside the timing.)
-                shared.converters.warm(shared.child_modules)
-                made = [export_onnx(shared.source, opset, workdir)]
-                shared.cache.store(key, made)
-            else:
+            # Conversions will follow: a child imports their converter while this exports. (On a cache hit
+            # they likely come from the cache too, and an import would only run beside the timing.)
+            shared.hubs[opset], cached = _exported(shared, shared.source, shared.reference, opset, workdir,
+                                                   lambda: shared.converters.warm(shared.child_modules))
+            if cached:
                 shared.cached_hubs.add(opset)
-            shared.hubs[opset] = made[0]
     exported = shared.hubs[opset]
     shutil.copyfile(exported.path, folder / exported.path.name)
     return (dataclasses.replace(exported, path=folder / exported.path.name, metadata=copy.deepcopy(exported.metadata)),
             step)
+
+
+def _exported(shared: BuildInputs, source: SourceModel, reference: dict[str, np.ndarray], opset: int, workdir: Path,
+              before_export: Callable[[], None] = lambda: None) -> tuple[Artifact, bool]:
+    """`source` as float ONNX at `opset` in `workdir`, from the stage cache or exported; and whether it was
+    cached. `reference`: its outputs on held-out inputs, part of the cache key."""
+    key = shared.cache.key(package.versions(), export_step(opset), EXPORT_VERSION,
+                           model_fingerprint(source, reference))
+    made = shared.cache.load(key, workdir)
+    if made is not None:
+        return made[0], True
+    before_export()
+    made = [export_onnx(source, opset, workdir)]
+    shared.cache.store(key, made)
+    return made[0], False
+
+
+def export_step(opset: int) -> str:
+    return f"export ONNX (opset {opset}) and simplify"
+
+
+def _original_timing(shared: BuildInputs, target: Target, entries: list[ArtifactEntry], progress: Progress,
+                     label: str) -> dict[str, Any] | None:
+    """Host latency of the model before pruning, weight sharing or distillation, as float ONNX in ONNX Runtime:
+    what the compressed model's fp32 ONNX is compared with (speed.compare_with_fp32). None when the build
+    compressed nothing, ships no fp32 ONNX, or the original cannot be exported or run (said so)."""
+    if shared.original is None or not any(e.format == "onnx" and e.precision == "fp32" for e in entries):
+        return None
+    with progress.step(f"{label} host latency of the original (uncompressed) model as float ONNX"):
+        try:
+            if target.opset not in shared.originals:
+                workdir = shared.scratch / f"original-opset{target.opset}"
+                workdir.mkdir()
+                inputs = {name: value[:ORIGINAL_FINGERPRINT_SAMPLES]
+                          for name, value in shared.data.evaluation.inputs.items()}
+                outputs, _ = _reference_outputs(shared.original, inputs)
+                shared.originals[target.opset], _ = _exported(shared, shared.original, outputs, target.opset, workdir)
+            exported = shared.originals[target.opset]
+            runner = open_runner(exported.path, "onnx", target.runtime, None)
+            timing = host_timing(runner, shared.data.evaluation.inputs)
+        except (UserError, *runtime_errors()) as err:  # a measurement beside the build: without it, no comparison
+            progress.note(f"{label} the original model was not timed, so nothing is compared with it: "
+                          f"{first_line(err)}")
+            return None
+    return {**host_record(timing, runner.describe(), target.runtime.threads, target.bench.arch),
+            "model": {"macs": exported.metadata["macs"], "nodes": exported.metadata["nodes"]}}
 
 
 def chosen_precisions(listed: list[str], quantize: str | None, made: tuple[str, ...]) -> list[str]:
@@ -367,10 +410,13 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
     for artifact in artifacts:
         with timings.step(f"{label} parity and host latency of {artifact.path.name} on {len(evaluation)} samples"):
             entries.append(_artifact_entry(folder, artifact, target, shared, gpu, kinds))
-    compare_with_fp32(entries)
+    compression = shared.pruning and {**shared.pruning,
+                                       "original_host_latency": _original_timing(shared, target, entries,
+                                                                                 timings, label)}
+    compare_with_fp32(entries, compression)
     estimate_energy(entries, folder, context.plan.float_nodes if context.plan else [])
     package.write_parity_data(folder, evaluation.inputs, evaluation.labels, shared.reference)
-    manifest = _manifest(shared, target, folder, entries, runner.failures, kinds)
+    manifest = _manifest(shared, target, folder, entries, runner.failures, kinds, compression)
     manifest.gpu = gpu
     manifest.precision_plan = context.plan.to_dict() if context.plan else None
     manifest.skipped = [{"format": name, "reason": reason} for name, reason in context.skipped.items()]
@@ -471,7 +517,7 @@ def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: Bu
 
 
 def _manifest(shared: BuildInputs, target: Target, folder: Path, entries: list[ArtifactEntry],
-              failures: list[Failure], kinds: dict[str, OutputKind]) -> Manifest:
+              failures: list[Failure], kinds: dict[str, OutputKind], compression: dict[str, Any] | None) -> Manifest:
     recipe, source, data = shared.recipe, shared.source, shared.data
     inputs, outputs = shared.model_io
     return Manifest(
@@ -490,7 +536,7 @@ def _manifest(shared: BuildInputs, target: Target, folder: Path, entries: list[A
         parity_inputs=package.file_record(folder, package.PARITY_INPUTS),
         parity_reference=package.file_record(folder, package.PARITY_REFERENCE),
         reference={**shared.reference_engine, "accuracy": _reference_accuracy(shared, kinds)},
-        pruning=shared.pruning,
+        pruning=compression,
         artifacts=entries,
         failures=failures,
         recipe=recipe.to_dict(),

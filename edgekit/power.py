@@ -1,25 +1,44 @@
-"""Energy measured where the machine exposes power readings: the RAPL counters of Intel and AMD CPUs under
-Linux powercap, read through zeus (which also follows their wrap-around).
+"""Energy measured where the machine exposes power readings, read through zeus where it has a reader: the
+RAPL counters of Intel and AMD CPUs under Linux powercap (zeus also follows their wrap-around), NVIDIA GPUs
+through NVML; and the power monitor rails of boards such as NVIDIA Jetson (device/meter.py, which the device
+runner uses too; zeus's Jetson reader cannot be pointed at another tree and does not run on a device without
+edgekit).
 
-A measurement is a window of several seconds of back-to-back inferences; the idle power measured just before
-is subtracted, and what is left is divided by the inferences run: joules per inference, reported with the
-window, the idle and active power and the source. Where there is no reading, it says why.
+The measurement itself (device/meter.measure): a window of back-to-back inferences, idle power subtracted.
 """
 from __future__ import annotations
 
+import abc
 import functools
-import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
 
+from .device.meter import HWMON_ROOT, IIO_ROOT, ReadingFailed, board_power
 from .errors import first_line
 
 RAPL_ROOT = Path("/sys/class/powercap/intel-rapl")
-IDLE_S, WINDOW_S, SETTLE_S = 2.0, 5.0, 0.5
 
 
-class Rapl:
+class ProcessWide(abc.ABC):
+    """A zeus reader, made once per process so that its wrap-around trackers start once: closing keeps it."""
+
+    def millijoules(self) -> float:
+        from zeus.exception import ZeusBaseError
+
+        try:
+            return self.read()
+        except (OSError, ZeusBaseError) as err:
+            raise ReadingFailed(first_line(err)) from err
+
+    @abc.abstractmethod
+    def read(self) -> float:
+        """Cumulative millijoules."""
+
+    def close(self) -> None:
+        pass
+
+
+class Rapl(ProcessWide):
     """Cumulative energy of every RAPL package under `root` (and its DRAM domain where there is one)."""
 
     def __init__(self, root: Path):
@@ -35,7 +54,7 @@ class Rapl:
         self.source = (f"RAPL ({len(indices)} package{'s' * (len(indices) != 1)}{dram}, {root}), "
                        f"read with zeus {metadata.version('zeus')}")
 
-    def millijoules(self) -> float:
+    def read(self) -> float:
         total = 0.0
         for package in self.packages:
             reading = package.get_total_energy_consumption()
@@ -50,13 +69,48 @@ def _zone_name(zone: Path) -> str:
         return ""
 
 
+class Nvml(ProcessWide):
+    """Cumulative energy of every NVIDIA GPU this process sees (CUDA_VISIBLE_DEVICES applies) that reports it
+    (Volta and newer)."""
+
+    def __init__(self):
+        from zeus.device.gpu import get_gpus
+        from zeus.device.gpu.nvidia import NVIDIAGPUs
+
+        gpus = get_gpus()
+        if not isinstance(gpus, NVIDIAGPUs):  # zeus falls back to AMD's library
+            raise OSError("no NVIDIA GPU here (NVML)")
+        self.indices = [i for i in range(len(gpus)) if gpus.supports_get_total_energy_consumption(i)]
+        if not self.indices:
+            raise OSError("no GPU here reports its total energy (NVML has it from Volta on)")
+        self.gpus = gpus
+        names = sorted({gpus.get_name(i) for i in self.indices})
+        self.source = (f"NVML ({len(self.indices)} GPU{'s' * (len(self.indices) != 1)}: {', '.join(names)}), "
+                       f"read with zeus {metadata.version('zeus')}")
+
+    def read(self) -> float:
+        return float(sum(self.gpus.get_total_energy_consumption(i) for i in self.indices))
+
+
+def power_reader(gpu: bool = False, rapl_root: Path = RAPL_ROOT, hwmon_root: Path = HWMON_ROOT,
+                 iio_root: Path = IIO_ROOT):
+    """(a reader, None), or (None, why this machine gives no reading): NVML for a run on an NVIDIA GPU, else
+    RAPL; where neither reads, the board's power monitor rails (a Jetson has no NVML and no RAPL). Close the
+    reader after measuring."""
+    reader, why = _nvml() if gpu else _rapl(rapl_root)
+    if reader is not None:
+        return reader, None
+    board, board_why = board_power(hwmon_root, iio_root)
+    if board is not None:
+        return board, None
+    return None, f"no power reading on this machine: {why}; {board_why}"
+
+
 @functools.cache
-def power_reader(root: Path = RAPL_ROOT) -> tuple[Rapl | None, str | None]:
-    """(a reader, None), or (None, why this machine gives no reading); one reader per tree and process, so
-    zeus starts its wrap-around trackers once."""
+def _rapl(root: Path):
     if not any(root.glob("intel-rapl:*")):
-        return None, (f"no power reading on this machine: {root} is absent (RAPL needs a Linux host with an "
-                      f"Intel or AMD CPU; in a container, mount it)")
+        return None, (f"{root} is absent (RAPL needs a Linux host with an Intel or AMD CPU; in a container, "
+                      f"mount it)")
     try:
         from zeus.exception import ZeusBaseError
     except ImportError:
@@ -67,29 +121,13 @@ def power_reader(root: Path = RAPL_ROOT) -> tuple[Rapl | None, str | None]:
         return None, f"cannot read the RAPL counters under {root}: {first_line(err)}"
 
 
-def measure(reader: Rapl, workload: Callable[[], Any], idle_s: float = IDLE_S,
-            window_s: float = WINDOW_S, warmup: int = 3) -> dict[str, Any]:
-    """Joules per call of `workload` above idle: a few warm-up calls, idle power over `idle_s`, then calls
-    for `window_s`. Not measured when nothing is left above idle (other load fell during the window)."""
-    for _ in range(warmup):
-        workload()
-    reader.millijoules()  # zeus starts its wrap-around trackers (child processes) on the first read
-    time.sleep(SETTLE_S)
-    start, began = reader.millijoules(), time.perf_counter()
-    time.sleep(idle_s)
-    idle_mj, idle_elapsed = reader.millijoules() - start, time.perf_counter() - began
-    idle_watts = idle_mj / idle_elapsed / 1000
-    start, began, runs = reader.millijoules(), time.perf_counter(), 0
-    while runs == 0 or time.perf_counter() - began < window_s:
-        workload()
-        runs += 1
-    used_mj, elapsed = reader.millijoules() - start, time.perf_counter() - began
-    above_idle_mj = used_mj - idle_watts * 1000 * elapsed
-    if above_idle_mj <= 0:
-        return {"measured": False, "why": f"no energy above the idle {idle_watts:.2f} W over {elapsed:.1f} s "
-                                          f"(other load on the machine changed): measure on a quiet machine"}
-    return {"measured": True, "joules_per_inference": above_idle_mj / runs / 1000, "inferences": runs,
-            "window_s": round(elapsed, 3), "idle_watts": round(idle_watts, 3),
-            "active_watts": round(used_mj / elapsed / 1000, 3), "source": reader.source,
-            "note": "per call of the model (one batch of its input shape); whole-package energy above the idle "
-                    "power measured just before; other load on the machine during the window counts too"}
+@functools.cache
+def _nvml():
+    try:
+        from zeus.exception import ZeusBaseError
+    except ImportError:
+        return None, "reading NVML needs zeus: pip install 'edgekit[energy]'"
+    try:
+        return Nvml(), None
+    except (OSError, ZeusBaseError) as err:  # no NVIDIA driver, no GPU, or one too old to count energy
+        return None, f"no GPU energy through NVML: {first_line(err)}"

@@ -87,7 +87,8 @@ def artifact_rows(artifacts: list[dict[str, Any]], terminal: bool = True) -> tup
 
 
 def slower_lines(timings: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """One sentence per (artifact, benchmark record) where reduced precision is slower than fp32."""
+    """One sentence per (artifact, benchmark record) slower than its fp32 sibling: the same format in fp32, or
+    for a compressed model's fp32 ONNX, the original model's."""
     lines = []
     for file, record in timings:
         slower = record.get("slower_than_fp32")
@@ -238,21 +239,26 @@ def plan_line(plan: dict[str, Any]) -> str:
 
 def pruning_line(report: dict[str, Any]) -> str:
     """MACs, parameters and accuracy before and after pruning + recovery, in one line."""
-    before, after = report["original"], report["final"]
-    quality = ""
-    if before.get("accuracy") is not None:
-        quality = (f"; float accuracy: original {before['accuracy']:.2f}%, "
-                   f"{'student' if report['config'].get('student') else 'pruned'} {after['accuracy']:.2f}%")
-    if after.get("top1_agreement") is not None:
-        quality += f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
-    chosen, config = report.get("search", {}).get("chosen"), report["config"]
+    before, after, config = report["original"], report["final"], report["config"]
+    chosen = report.get("search", {}).get("chosen")
     asked = [f"ratio {chosen} (searched)" if chosen is not None else
              f"ratio {config['ratio']}" if config["ratio"] is not None else None,
              f"sparsity {config['sparsity']}" if config.get("sparsity") else None,
              f"{config['cluster']['clusters']} shared values per layer" if config.get("cluster") else None]
     if config.get("student"):
-        asked, what = [f"student {config['student']}, {config['steps']} steps"], "distilled"
+        asked, what, made = [f"student {config['student']}, {config['steps']} steps"], "distilled", "student"
     else:
-        what = "pruned" if any(asked[:2]) else "weights shared"
+        what = made = "pruned" if any(asked[:2]) else "weights shared"
+    quality = ""
+    if before.get("accuracy") is not None:
+        quality = f"; float accuracy: original {before['accuracy']:.2f}%, {made} {after['accuracy']:.2f}%"
+    if after.get("top1_agreement") is not None:
+        quality += f"; top-1 agreement with the original {after['top1_agreement']:.1%}"
+    if after.get("output_cosines"):
+        quality += f"; cosine to the original per output {', '.join(f'{c:.4f}' for c in after['output_cosines'])}"
+    original = report.get("original_host_latency")
+    timing = (f"; the original as fp32 ONNX: {original['latency_ms']['p50']:.3f} ms p50 on the build host"
+              if original else "")
     return (f"{what} ({', '.join(a for a in asked if a)}): MACs {before['macs']:,} -> {after['macs']:,} "
-            f"({report['macs_ratio']:.2f}x), parameters {before['parameters']:,} -> {after['parameters']:,}{quality}")
+            f"({report['macs_ratio']:.2f}x), parameters {before['parameters']:,} -> {after['parameters']:,}{quality}"
+            f"{timing}")

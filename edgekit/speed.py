@@ -19,6 +19,7 @@ from .runners import Runner
 
 WARMUP, RUNS, MIN_RUNS, BUDGET_S = 3, 20, 5, 1.0  # at most RUNS, fewer past BUDGET_S (at least MIN_RUNS)
 SLOWER = 1.10  # p50 more than 10% above the fp32 sibling's: slower, not timing noise
+NOT_THE_TARGET = "host, not the target device"
 ARCH_NAMES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
 
 
@@ -43,28 +44,73 @@ def host_record(timing: dict[str, Any], runtime: dict[str, Any], threads: int, t
     arch = ARCH_NAMES.get(platform.machine().lower(), platform.machine())
     where = f"build host, {machine['cpu_model'] or 'unknown CPU'} ({arch}), in-process"
     if arch != target_arch:
-        where += f": host, not the target device ({target_arch})"
+        where += f": {NOT_THE_TARGET} ({target_arch})"
     return {"runner": "build", "kind": "host", "where": where, "machine": machine, "runtime": runtime,
             "threads": threads, **timing}
 
 
-def compare_with_fp32(entries: list[ArtifactEntry]) -> None:
+def compare_with_fp32(entries: list[ArtifactEntry], compression: dict[str, Any] | None = None) -> None:
     """Mark every benchmark record of a reduced-precision artifact that is slower than its format's fp32
-    artifact on the same runner (`slower_than_fp32`: the sibling, both p50s, and why)."""
+    artifact on the same runner (`slower_than_fp32`: the sibling, both p50s, and why). `compression`: the
+    manifest's pruning section; with the original model's host timing in it, the compressed model's fp32 ONNX
+    is compared with the original's on the build host the same way."""
     fp32 = {e.format: e for e in entries if e.precision == "fp32"}
+    original = (compression or {}).get("original_host_latency")
     for entry in entries:
-        sibling = fp32.get(entry.format)
-        if sibling is None or sibling is entry:
-            continue
-        theirs = {b["runner"]: b for b in sibling.benchmarks}
         for record in entry.benchmarks:
-            other = theirs.get(record["runner"])
             record.pop("slower_than_fp32", None)
-            if record["kind"] == "emulated":  # emulated speed says nothing about a CPU: no verdict, no cause
-                continue
-            if other and record["latency_ms"]["p50"] > SLOWER * other["latency_ms"]["p50"]:
-                record["slower_than_fp32"] = {"sibling": sibling.name, "sibling_p50_ms": other["latency_ms"]["p50"],
-                                              "why": why_slower(entry, sibling, record["machine"])}
+        sibling = fp32.get(entry.format)
+        if sibling is entry:
+            if original and entry.format == "onnx":
+                _mark([r for r in entry.benchmarks if r["runner"] == "build"], original,
+                      "the original model's fp32 ONNX", lambda r: why_compressed_slower(entry, original, compression))
+            continue
+        if sibling is not None:
+            theirs = {b["runner"]: b for b in sibling.benchmarks}
+            for record in entry.benchmarks:
+                if record["runner"] in theirs:
+                    _mark([record], theirs[record["runner"]], sibling.name,
+                          lambda r: why_slower(entry, sibling, r["machine"]))
+
+
+def _mark(records: list[dict[str, Any]], other: dict[str, Any], sibling: str, why) -> None:
+    for record in records:
+        if record["kind"] == "emulated":  # emulated speed says nothing about a CPU: no verdict, no cause
+            continue
+        if record["latency_ms"]["p50"] > SLOWER * other["latency_ms"]["p50"]:
+            record["slower_than_fp32"] = {"sibling": sibling, "sibling_p50_ms": other["latency_ms"]["p50"],
+                                          "why": why(record)}
+
+
+def why_compressed_slower(entry: ArtifactEntry, original: dict[str, Any], compression: dict[str, Any]) -> str:
+    """Why a pruned, weight-shared or distilled model's fp32 ONNX is no faster than the original's."""
+    steps = {step["step"] for step in compression.get("steps", [])}
+    macs, original_macs = entry.details.get("macs"), original.get("model", {}).get("macs")
+    reasons = []
+    if not compression["config"].get("student") and steps <= {"sparsity", "cluster"}:
+        reasons.append("weight sharing and unstructured sparsity keep every weight tensor dense, so the runtime "
+                       "does as many multiply-accumulates as before; what they buy is compressed size")
+    elif macs and original_macs:
+        nodes, original_nodes = entry.details.get("nodes"), original["model"].get("nodes")
+        reasons.append(f"it does {macs / original_macs:.2f}x the original's multiply-accumulates ({macs:,} against "
+                       f"{original_macs:,}) in {nodes} operators against {original_nodes}")
+    lanes = simd_floats(original["machine"].get("isa", {}))
+    multiple = compression["config"].get("round_to")
+    # Advice for the target's channel multiple only from a CPU of the target's architecture.
+    if "prune" in steps and NOT_THE_TARGET not in original["where"] and lanes and multiple and multiple % lanes:
+        reasons.append(f"pruned channel counts are multiples of {multiple}, not of this CPU's {lanes}-float SIMD "
+                       f"width, so kernels pad them: prune with round_to {lanes} (or set the target's "
+                       f"pruning.channel_multiple to {lanes})")
+    return "; ".join(reasons) or "no recorded cause"
+
+
+def simd_floats(isa: dict[str, bool]) -> int | None:
+    """float32 lanes of the CPU's widest vector unit that runtimes use: AVX-512, AVX2 or NEON."""
+    if isa.get("avx512f"):
+        return 16
+    if isa.get("avx2"):
+        return 8
+    return 4 if isa.get("asimd") else None
 
 
 def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, Any]) -> str:

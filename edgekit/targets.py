@@ -272,8 +272,10 @@ def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
     parent = data.get("extends")
     if parent is None:
         return data, source
+    # A sibling file of that name, else the built-in one: a local arm64.yaml may extend the built-in arm64.
     base_path = path.parent / f"{parent}.yaml"
-    base, _ = _read(str(base_path) if base_path.is_file() else str(parent), seen + (source,))
+    sibling = base_path.is_file() and base_path.resolve() != path.resolve()
+    base, _ = _read(str(base_path) if sibling else str(parent), seen + (source,))
     base.pop("name", None)
     base.pop("description", None)
     return schema.deep_merge(base, data), source

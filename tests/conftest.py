@@ -81,8 +81,6 @@ def arm64_image():
     return "edgekit-arm64"
 
 
-
-
 @pytest.fixture(scope="session")
 def ssh_device(tmp_path_factory):
     """An SSH server on 127.0.0.1 standing in for a device: the ssh:// runner's copy-run-fetch path, for real."""

@@ -67,6 +67,11 @@ def test_a_clustered_build_under_a_budget_ships_smaller_compressed_artifacts(tmp
         assert abs(built[name]["bytes"] - plain.stat().st_size) < 0.02 * plain.stat().st_size  # raw: unchanged
     pruning = read_manifest(out / "x86_64")["pruning"]
     assert pruning["final"]["top1_agreement"] >= 0.98
+    # The original model, timed as fp32 ONNX beside the clustered one: its graph is the same size.
+    original = pruning["original_host_latency"]
+    assert original["runner"] == "build" and original["latency_ms"]["p50"] > 0
+    assert original["model"]["macs"] == built["model.fp32.onnx"]["details"]["macs"]
+    assert f"the original as fp32 ONNX: {original['latency_ms']['p50']:.3f} ms p50 on the build host" in err
 
 
 def _layer_weights(path):

@@ -199,9 +199,15 @@ def bad_shape(manifest):
     manifest["model_io"]["inputs"][0]["shape"] = "1,1,32,32"
 
 
+def bad_original_timing(manifest):
+    """A compressed build's section that bench reads back, with the original's timing not a record."""
+    manifest["pruning"] = {"config": {}, "steps": [{"step": "cluster"}], "original_host_latency": {"p50": 1}}
+
+
 @pytest.mark.parametrize("command", ["check", "bench", "debug"])
 @pytest.mark.parametrize("change,key", [(drop_artifacts, "artifacts"), (bad_sha, "artifacts[0].sha256"),
-                                        (bad_shape, "model_io.inputs[0].shape")])
+                                        (bad_shape, "model_io.inputs[0].shape"),
+                                        (bad_original_timing, "pruning.original_host_latency")])
 def test_a_malformed_manifest_names_the_key(folder, capsys, command, change, key):
     rewrite(folder, change)
     before = tree_state(folder)

@@ -97,7 +97,8 @@ def test_host_and_device_outputs_are_identical(built, name, file):
     path = folder / file
 
     host = run_dataset(open_runner(path, entry.format, target.runtime, (entry.inputs, entry.outputs)), inputs)
-    settings = {"runs": 1, "warmup": 1, "threads": 1, "providers": target.runtime.onnxruntime_providers}
+    settings = {"runs": 1, "warmup": 1, "threads": 1, "providers": target.runtime.onnxruntime_providers,
+                "energy": False}
     report, device = _run(NativeHost(), path, inputs, settings, entry)
 
     assert list(host) == list(device) == list(reference)  # the reference's names, in its order

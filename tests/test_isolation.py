@@ -18,6 +18,15 @@ def children() -> list:
             if "spawn_main" in " ".join(child.cmdline())]
 
 
+def started_children(timeout: float = 10) -> list:
+    """The conversion children once they show: a spawned child is forked first and only then runs Python, so
+    right after the start its command line can still be the parent's."""
+    deadline = time.monotonic() + timeout
+    while not (found := children()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
 def test_a_warm_child_imports_ahead_and_then_runs_the_job(tmp_path, monkeypatch):
     marker = tmp_path / "imported"
     monkeypatch.setenv("EDGEKIT_TEST_MARKER", str(marker))
@@ -38,7 +47,7 @@ def test_a_warm_child_imports_ahead_and_then_runs_the_job(tmp_path, monkeypatch)
 def test_an_unused_warm_child_ends_with_the_build():
     with Converters() as converters:
         converters.warm(["json"])
-        started = children()
+        started = started_children()
         assert len(started) == 1
     _, alive = psutil.wait_procs(started, timeout=10)
     assert alive == [] and children() == []

@@ -127,10 +127,46 @@ def test_executorch_threadpool_reset_sets_the_threads_the_device_runner_asks_for
     """XNNPACK's threads come from ExecuTorch's process-wide pool, sized only through a private call
     (edgekit/device/runner.py `load_executorch`)."""
     pytest.importorskip("executorch")
-    from executorch.extension.pybindings import portable_lib
+    import torch  # noqa: F401  (loads libtorch for the extension)
+    from executorch.extension.pybindings import _C
 
-    portable_lib._unsafe_reset_threadpool(1)
-    assert portable_lib._threadpool_get_thread_count() == 1, version("executorch")
+    _C._unsafe_reset_threadpool(1)
+    assert _C._threadpool_get_thread_count() == 1, version("executorch")
+
+
+RUN_PTE = """
+import sys
+import numpy as np
+from edgekit.device.runner import PteModel
+model = PteModel(sys.argv[1], 1)
+outputs = model.finish(model.invoke(model.prepare([np.load(sys.argv[2])])))
+np.save(sys.argv[3], outputs[0])
+print(model.input_shapes, len(model.output_names), "executorch.exir" in sys.modules)
+"""
+
+
+def test_executorch_extension_loads_and_runs_a_program_without_importing_the_compiler(tmp_path):
+    """Programs load through ExecuTorch's compiled extension `_C` (private; edgekit/device/runner.py
+    `executorch_forward`): the public executorch.runtime imports the whole compiler, seconds per process."""
+    pytest.importorskip("executorch")
+    import subprocess
+    import sys
+
+    import torch
+    from executorch.exir import to_edge_transform_and_lower
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    sample = torch.randn(2, 3, 8, 8)
+    program = to_edge_transform_and_lower(torch.export.export(model, (sample,))).to_executorch()
+    (tmp_path / "model.pte").write_bytes(program.buffer)
+    np.save(tmp_path / "x.npy", sample.numpy())
+    done = subprocess.run([sys.executable, "-c", RUN_PTE, str(tmp_path / "model.pte"), str(tmp_path / "x.npy"),
+                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{version('executorch')}: {done.stderr[-2000:]}"
+    assert done.stdout.split("\n")[-2] == "[[2, 3, 8, 8]] 1 False", version("executorch")
+    expected = model(sample).detach().numpy()
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-5, version("executorch")
 
 
 def test_executorch_lowered_programs_keep_the_module_path_of_each_layer():

@@ -69,3 +69,27 @@ def test_accuracy_budget_without_labels_is_refused(tmp_path, capsys):
                    "--out", tmp_path / "out", "--quiet")
     assert code == 2
     assert "max_accuracy_drop needs labeled evaluation data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_detector_with_three_outputs_is_pruned_with_its_heads_kept_and_recovered(tmp_path, capsys):
+    """The zoo's face detector (scores, boxes, landmarks from six 1x1 head convolutions): the heads are found
+    by walking back from every output and kept whole, and distillation matches all three outputs."""
+    import zoo
+
+    np.save(tmp_path / "calib.npy", zoo.images((1, 3, 64, 64), 160, 0))
+    out = tmp_path / "out"
+    assert run_cli("build", f"{TESTS / 'zoo.py'}:face_detector", "--calib", tmp_path / "calib.npy",
+                   "--prune", "0.3", "--target", "x86_64", "--out", out) == 0
+    assert "cosine to the original per output" in capsys.readouterr().err
+    manifest = read_manifest(out / "x86_64")
+    (step,) = manifest["pruning"]["steps"]
+    assert step["after"]["macs"] < 0.6 * step["before"]["macs"]
+    kd = step["recovery"][-1]
+    assert kd["kind"] == "kd" and kd["loss"].endswith("mean of 3 outputs")
+    pruned, recovered = step["quality"][0], step["quality"][-1]
+    assert len(recovered["output_cosines"]) == 3 and recovered["cosine"] == min(recovered["output_cosines"])
+    # distillation wins back what pruning cost on every output
+    assert all(after > before + 0.05 for before, after in zip(pruned["output_cosines"], recovered["output_cosines"]))
+    assert [o["shape"] for o in manifest["model_io"]["outputs"]] == [[1, 160], [1, 160, 4], [1, 160, 10]]
+    assert all(artifact["parity"]["passed"] for artifact in manifest["artifacts"])

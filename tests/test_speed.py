@@ -79,3 +79,36 @@ def test_a_case_built_to_be_slower_names_the_missing_cpu_feature(example_build, 
     _timed(manifest, file, 1.05, machine)  # within timing noise of fp32: nothing to say either
     compare_with_fp32(manifest.artifacts)
     assert "slower_than_fp32" not in next(e for e in manifest.artifacts if e.name == file).benchmarks[0]
+
+
+AVX2 = {"cpu_model": "x86 with AVX2", "isa": {"avx2": True, "avx512f": False}}
+
+
+@pytest.mark.parametrize(("steps", "config", "causes"), [
+    (["cluster"], {"cluster": {"clusters": 16}}, ["keep every weight tensor dense", "compressed size"]),
+    (["prune"], {"ratio": 0.5, "round_to": 4}, ["0.50x the original's multiply-accumulates (1,000 against 2,000) "
+                                                 "in 20 operators against 40",
+                                                 "multiples of 4, not of this CPU's 8-float SIMD width"]),
+])
+def test_a_compressed_model_slower_than_the_original_is_said_so_and_why(example_build, steps, config, causes):
+    """A pruned or weight-shared model's fp32 ONNX is timed against the original model's fp32 ONNX on the
+    build host; a case built to be slower names what explains it."""
+    manifest = Manifest.from_dict(read_manifest(example_build / "x86_64"), "manifest.json")
+    fp32 = next(e for e in manifest.artifacts if e.name == "model.fp32.onnx")
+    fp32.details.update(macs=1000, nodes=20)
+    fp32.benchmarks = [{"runner": "build", "kind": "host", "where": "build host", "machine": AVX2, "runs": 20,
+                        "warmup": 3, "latency_ms": {"p50": 1.5}}]
+    original = {"runner": "build", "kind": "host", "where": "build host", "machine": AVX2, "latency_ms": {"p50": 1.0},
+                "model": {"macs": 2000, "nodes": 40}}
+    compression = {"steps": [{"step": step} for step in steps], "config": config, "original_host_latency": original}
+    compare_with_fp32(manifest.artifacts, compression)
+    slower = fp32.benchmarks[0]["slower_than_fp32"]
+    assert slower["sibling"] == "the original model's fp32 ONNX" and slower["sibling_p50_ms"] == 1.0
+    for cause in causes:
+        assert cause in slower["why"]
+    assert ("model.fp32.onnx is SLOWER than the original model's fp32 ONNX on the build host (1.500 ms against "
+            "1.000 ms p50") in summary_table(manifest.to_dict()["artifacts"], [])
+
+    fp32.benchmarks[0]["latency_ms"]["p50"] = 0.6  # faster: nothing to say
+    compare_with_fp32(manifest.artifacts, compression)
+    assert "slower_than_fp32" not in fp32.benchmarks[0]

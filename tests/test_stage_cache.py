@@ -132,7 +132,8 @@ def test_code_outside_the_model_file_that_changes_the_outputs_remakes_the_export
 
 
 def test_a_rerun_from_the_cache_starts_no_converter_child(cache, tmp_path, monkeypatch):
-    """A child importing TensorFlow would only run beside the host timing when every conversion is cached."""
+    """A child importing TensorFlow would only run beside the host timing when every conversion is cached; a
+    cached conversion is a copy, so no per-layer capture is started beside it either."""
     from edgekit.isolation import Converters
 
     warmed = []
@@ -144,3 +145,5 @@ def test_a_rerun_from_the_cache_starts_no_converter_child(cache, tmp_path, monke
     assert run_cli(*build, tmp_path / "second") == 0
     assert warmed == [["edgekit.stages.tflite", "onnx2tf"]]
     assert cached(tmp_path / "second", "arm64") == [EXPORT, QUANTIZE, "convert to TFLite (fp32, int8)", LOWER_PTE]
+    steps = json.loads((tmp_path / "second" / "arm64" / "report.json").read_text())["timings_s"]
+    assert not [step for step in steps if "while the conversion runs" in step]

@@ -25,6 +25,10 @@ def test_the_example_distils_into_a_student_at_a_quarter_of_its_macs(tmp_path, c
     untrained, trained = step["quality"]
     assert untrained["top1_agreement"] < 0.3 <= 0.9 <= trained["top1_agreement"]  # it learned the teacher
     assert report["final"]["accuracy"] >= 90.0 and report["original"]["accuracy"] == pytest.approx(99.72, abs=0.01)
+    # The teacher is timed as fp32 ONNX on the build host, beside the student's own fp32 ONNX.
+    student_onnx = next(a for a in manifest["artifacts"] if a["file"] == "model.fp32.onnx")
+    teacher = report["original_host_latency"]
+    assert teacher["latency_ms"]["p50"] > 0 and teacher["model"]["macs"] > 3.5 * student_onnx["details"]["macs"]
     # The student is the reference its artifacts are verified against; its own agreement with the teacher
     # is reported beside it.
     assert manifest["reference"]["accuracy"] == pytest.approx(report["final"]["accuracy"], abs=0.01)

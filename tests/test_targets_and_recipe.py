@@ -57,6 +57,13 @@ def test_profile_errors_name_the_file_and_key(tmp_path, text, words):
         assert word in str(err.value)
 
 
+def test_a_local_profile_may_take_a_built_in_profiles_name_and_extend_it(tmp_path):
+    path = tmp_path / "arm64.yaml"
+    path.write_text("extends: arm64\ndescription: our arm64 phones\nruntime: {threads: 4}\n")
+    device = targets.load(str(path))
+    assert device.name == "arm64" and device.runtime.threads == 4 and device.formats == ["onnx", "tflite", "pte"]
+
+
 def test_extends_loop_is_an_error(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b\ndescription: a\n")
     (tmp_path / "b.yaml").write_text("extends: a\ndescription: b\n")

@@ -22,7 +22,7 @@ from ..parity import compare
 from ..speed import compare_with_fp32
 from ..check import judged_by
 from ..targets import Target
-from .hosts import RUNNER, Host, SshHost, make_host
+from .hosts import METER, RUNNER, Host, SshHost, make_host
 
 
 def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
@@ -45,7 +45,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         raise UserError(f"{folder} has no artifact named {only} in its manifest")
     settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
                 "threads": threads or target.runtime.threads,
-                "providers": target.runtime.onnxruntime_providers}
+                "providers": target.runtime.onnxruntime_providers, "energy": energy}
     benched = []
     for entry in entries:
         artifact = package.inside(folder, entry.name, "artifacts[].file")
@@ -53,14 +53,14 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
         parity = compare(reference, outputs, judged_by(manifest, entry, target), labels, manifest.output_kinds)
         record = _record(host, report, settings, {**parity.to_dict(), "failures": parity.failures()})
         if energy:
-            record["energy"] = _energy(host, artifact, entry.format, target, settings["threads"],
+            record["energy"] = _energy(host, report, artifact, entry.format, target, settings["threads"],
                                        (entry.inputs, entry.outputs), inputs)
         if isinstance(host, SshHost) and target.gpu and formats.get(entry.format).tensorrt:
             command = trtexec_command(target, entry)["command"]  # this target's trtexec, on this device
             record["tensorrt"] = host.trtexec(artifact, command, timeout=1800)
         entry.record_benchmark(record)
         benched.append((entry, record))
-    compare_with_fp32(manifest.artifacts)
+    compare_with_fp32(manifest.artifacts, manifest.pruning)
     package.write_manifest(folder, manifest)
     package.refresh_archive(folder, lambda written: write_report(written, manifest))
     return [{"file": entry.name, "host_parity": entry.parity, **record} for entry, record in benched]
@@ -79,33 +79,38 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
     inputs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in specs}
     host = make_host(runner or target.bench.runner, target.bench)
     settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
-                "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers}
+                "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers,
+                "energy": energy}
     report, _ = _run(host, path, inputs, settings)
     parity = {"passed": None, "error": "not computed: bench a build folder for on-target parity"}
     record = _record(host, report, settings, parity)
     if energy:
-        record["energy"] = _energy(host, path, formats.by_suffix(path).name, target, settings["threads"], None, inputs)
+        record["energy"] = _energy(host, report, path, formats.by_suffix(path).name, target, settings["threads"],
+                                   None, inputs)
     return [{"file": path.name, "host_parity": None, **record}]
 
 
-def _energy(host: Host, path: Path, artifact_format: str, target: Target, threads: int, io,
-            inputs: dict[str, np.ndarray]):
-    """Joules per call (one batch), measured in this process over a window (power.measure), or why not."""
+def _energy(host: Host, report: dict[str, Any], path: Path, artifact_format: str, target: Target, threads: int,
+            io, inputs: dict[str, np.ndarray]):
+    """Joules per call (one batch): measured on a device by its runner (`report`), on this machine in this
+    process over a window (device/meter.measure), or why not."""
     import dataclasses
 
-    from ..power import measure, power_reader
+    from ..device.meter import energy
+    from ..power import power_reader
     from ..runners import open_runner
 
+    if host.kind == "device":
+        return report["energy"]
     if host.kind != "native":
-        return {"measured": False, "why": f"energy is measured on native runs only (the {host.name} runner is "
-                                          f"{host.kind}); device power readings are not wired in yet"}
-    reader, why = power_reader()
-    if reader is None:
-        return {"measured": False, "why": why}
+        return {"measured": False, "why": f"energy is not measured under emulation (the {host.name} runner): the "
+                                          f"power drawn is this machine's, spent emulating another CPU"}
     runner = open_runner(path, artifact_format, dataclasses.replace(target.runtime, threads=threads), io)
     batch = runner.inputs[0].shape[0] if runner.inputs[0].shape else 1
     feeds = {name: array[:batch] for name, array in inputs.items()}
-    return measure(reader, lambda: runner.run(feeds))
+    # The GPU's energy only where the runtime really took the GPU (ONNX Runtime falls back to the CPU).
+    on_gpu = target.gpu is not None and runner.describe().get("provider") in target.gpu.providers
+    return energy(power_reader(gpu=on_gpu), lambda: runner.run(feeds))
 
 
 def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: dict[str, Any],
@@ -115,6 +120,7 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         workdir = Path(scratch)
         shutil.copyfile(RUNNER, workdir / "runner.py")
+        shutil.copyfile(METER, workdir / "meter.py")
         shutil.copyfile(artifact, workdir / artifact.name)
         np.savez(workdir / "inputs.npz", **inputs)
         args = [artifact.name, "--inputs", "inputs.npz", "--out", "result.npz", "--json", "result.json",
@@ -125,6 +131,8 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
             (workdir / "io.json").write_text(json.dumps({"inputs": [s.to_dict() for s in entry.inputs],
                                                          "outputs": [s.to_dict() for s in entry.outputs]}))
             args += ["--io", "io.json"]
+        if settings["energy"] and host.kind == "device":  # measured there; natively, in this process
+            args += ["--energy"]
         # Emulation is two to three orders of magnitude slower than native: allow for it.
         host.run(workdir, args, timeout=1800)
         report = json.loads((workdir / "result.json").read_text())

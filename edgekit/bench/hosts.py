@@ -21,7 +21,8 @@ from ..errors import UserError
 from ..targets import Bench, check_runner, ssh_address
 
 CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
-RUNNER = Path(__file__).resolve().parents[1] / "device" / "runner.py"
+DEVICE_SIDE = Path(__file__).resolve().parents[1] / "device"
+RUNNER, METER = DEVICE_SIDE / "runner.py", DEVICE_SIDE / "meter.py"  # what a device runs: copied beside the model
 
 
 class Host(ABC):

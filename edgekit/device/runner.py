@@ -8,6 +8,9 @@ container and run there without edgekit.
 
     python runner.py model.onnx --inputs inputs.npz --out result.npz --json result.json \
         [--io io.json] [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
+        [--energy]
+
+With --energy it also measures joules per inference from the board's power monitors, through meter.py beside it.
 """
 import argparse
 import importlib
@@ -241,55 +244,65 @@ PTE_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5:
 
 
 def load_executorch(threads):
-    """(Runtime, package, version, wrap inputs, unwrap outputs): ExecuTorch's own runtime (it runs on torch
-    tensors), else the torch-free executorch_numpy_runtime."""
+    """(open a .pte's forward method, package, version, wrap inputs, unwrap outputs): ExecuTorch's own
+    runtime (it runs on torch tensors), else the torch-free executorch_numpy_runtime."""
     try:
-        import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
-    except ImportError:
+        import torch  # loads libtorch, which ExecuTorch's extension links against
+        # The compiled extension itself: executorch.runtime imports the whole compiler (seconds) for a warning
+        # class. Private API, pinned by tests/test_library_contracts.py.
+        from executorch.extension.pybindings import _C as executorch_c
+    except ImportError as missing:
         try:
             import executorch_numpy_runtime as numpy_runtime
         except ImportError:
-            raise SystemExit("no ExecuTorch runtime: pip install executorch (with torch) or executorch-numpy-runtime")
-        return (numpy_runtime.Runtime.get(), "executorch_numpy_runtime", package_version("executorch-numpy-runtime"),
-                list, list)
+            raise SystemExit(f"no ExecuTorch runtime ({missing}): pip install executorch (with torch) or "
+                             f"executorch-numpy-runtime")
+        runtime = numpy_runtime.Runtime.get()
+        return (lambda path: numpy_runtime_forward(runtime, path), "executorch_numpy_runtime",
+                package_version("executorch-numpy-runtime"), list, list)
     if threads:
         # XNNPACK's threads come from one process-wide pool, sized before a method loads; no public setting.
-        portable_lib._unsafe_reset_threadpool(threads)
-    return (Runtime.get(), "executorch", package_version("executorch"),
+        executorch_c._unsafe_reset_threadpool(threads)
+    return (lambda path: executorch_forward(executorch_c, path), "executorch", package_version("executorch"),
             lambda arrays: [torch.from_numpy(a) for a in arrays], lambda tensors: [t.numpy().copy() for t in tensors])
+
+
+def executorch_forward(executorch_c, path):
+    """(program, forward method, input dtypes, input shapes, number of outputs); the program must outlive its
+    method."""
+    program = executorch_c._load_program(path, program_verification=executorch_c.Verification.InternalConsistency)
+    meta = program.method_meta("forward")
+    infos = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+    return (program, program.load_method("forward"), [PTE_DTYPES[int(i.dtype())] for i in infos],
+            [list(i.sizes()) for i in infos], meta.num_outputs())
+
+
+def numpy_runtime_forward(runtime, path):
+    """The same for executorch_numpy_runtime, which describes a method as a dict."""
+    program = runtime.load_program(path)
+    method = program.load_method("forward")
+    meta = method.metadata
+    return (program, method, [PTE_DTYPES[e["scalar_type"]] for e in meta["inputs"]],
+            [e["shape"] for e in meta["inputs"]], meta["num_outputs"])
 
 
 class PteModel:
     def __init__(self, path, threads, io=None):
         """`io`: the manifest's {"inputs": [...], "outputs": [...]}: a .pte has no tensor names, its tensors
         are the model's in forward()'s order; None: named input_<i> / output_<i>."""
-        runtime, package, version, self.wrap, self.unwrap = load_executorch(threads)
-        program = runtime.load_program(path)
-        self.method = program.load_method("forward")
-        self.input_dtypes, self.input_shapes, outputs = self._signature(program)
+        open_forward, package, version, self.wrap, self.unwrap = load_executorch(threads)
+        self.program, self.method, self.input_dtypes, self.input_shapes, outputs = open_forward(path)
         count = len(self.input_shapes)
         self.input_names = [e["name"] for e in io["inputs"]] if io else [f"input_{i}" for i in range(count)]
         self.output_names = [e["name"] for e in io["outputs"]] if io else [f"output_{i}" for i in range(outputs)]
         self.batch = int(self.input_shapes[0][0]) if count and self.input_shapes[0] else None
         self.runtime = {"name": package, "version": version, "used": "XNNPACK delegate where the program has one"}
 
-    def _signature(self, program):
-        """Input dtypes, input shapes and the number of outputs of the forward method."""
-        if not hasattr(program, "metadata"):  # executorch_numpy_runtime describes a method as a dict
-            meta = self.method.metadata
-            return ([PTE_DTYPES[e["scalar_type"]] for e in meta["inputs"]], [e["shape"] for e in meta["inputs"]],
-                    meta["num_outputs"])
-        meta = program.metadata("forward")
-        infos = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
-        return [PTE_DTYPES[int(i.dtype())] for i in infos], [list(i.sizes()) for i in infos], meta.num_outputs()
-
     def prepare(self, arrays):
         return self.wrap([np.ascontiguousarray(a, dtype=d) for a, d in zip(arrays, self.input_dtypes)])
 
     def invoke(self, tensors):
-        return self.method.execute(tensors) if hasattr(self.method, "execute") else self.method(tensors)
+        return self.method(tensors)
 
     def finish(self, tensors):
         return [np.asarray(y, dtype=np.float32) for y in self.unwrap(tensors)]
@@ -370,6 +383,8 @@ def main(argv=None):
                    help="ONNX Runtime providers in order of preference; missing ones are skipped")
     p.add_argument("--runtime", choices=sorted(set(SUFFIX_RUNTIMES.values())),
                    help="what runs the file (edgekit's bench names it); default: by its suffix")
+    p.add_argument("--energy", action="store_true", help="also measure joules per inference (meter.py beside this "
+                                                         "file reads the board's power monitors)")
     args = p.parse_args(argv)
 
     io = None
@@ -414,6 +429,12 @@ def main(argv=None):
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+    if args.energy:
+        if __package__:  # imported from edgekit
+            from .meter import board_power, energy
+        else:  # run as a script: meter.py is copied beside it
+            from meter import board_power, energy
+        report["energy"] = energy(board_power(), lambda: model.invoke(prepared))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     lat = report["latency_ms"]

@@ -45,7 +45,9 @@ class StageRunner:
                     for earlier, result in made.items():
                         if isinstance(result, Future) and set(stage.requires) & _makes(stages[earlier]):
                             result.result()
-                    made[index] = background.submit(self.run, stage) if stage.in_child else self.run(stage)
+                    # A stage found in the cache is only a copy: done here, so `meanwhile` sees no conversion running.
+                    converting = stage.in_child and not self._in_cache(stage)
+                    made[index] = background.submit(self.run, stage) if converting else self.run(stage)
                     available |= _makes(stage)
                     for result in made.values():  # a background stage's crash stops the build now, not at the end
                         if isinstance(result, Future) and result.done():
@@ -72,10 +74,16 @@ class StageRunner:
             self.failures.append(Failure(stage.name, stage.format, str(err)))
         return self.run(stage.fallback) if stage.fallback else []
 
+    def _key(self, stage: Stage) -> str:
+        return self.cache.key(*self.common, stage.format, stage.makes, stage.version, stage.settings(self.context))
+
+    def _in_cache(self, stage: Stage) -> bool:
+        return stage.settings is not None and self.cache.has(self._key(stage))
+
     def _made(self, stage: Stage) -> list[Artifact]:
         if stage.settings is None:
             return stage.run(self.context)
-        key = self.cache.key(*self.common, stage.format, stage.makes, stage.version, stage.settings(self.context))
+        key = self._key(stage)
         made = self.cache.load(key, self.context.folder)
         if made is None:
             made = stage.run(self.context)

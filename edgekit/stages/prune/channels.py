@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import UserError, first_line
 from .config import BATCH
-from .measure import count_macs, forward, predict
+from .measure import count_macs, forward_all, outputs_of, predict
 
 if TYPE_CHECKING:
     from .job import Job
@@ -28,8 +28,11 @@ def prune_channels(job: Job, model, ratio: float) -> None:
                   "bn": tp.importance.BNScaleImportance,
                   "taylor": tp.importance.TaylorImportance}[config.method]()
     modules = dict(model.named_modules())
-    ignored = [modules[name] for name in config.keep] + _output_layers(model)
-    out_shape = tuple(forward(model, example).shape)
+    ignored = [modules[name] for name in config.keep] + _output_layers(model, example)
+    out_shapes = [tuple(out.shape) for out in forward_all(model, example)]
+    if config.method == "taylor" and len(out_shapes) > 1:
+        raise UserError(f"taylor importance follows the gradient of one class output, and {type(model).__name__} "
+                        f"has {len(out_shapes)} outputs: prune with l1, l2 or bn")
     try:
         pruner = nearest_rounding_pruner()(model, example, importance=importance, pruning_ratio=ratio,
                                            global_pruning=False, ignored_layers=ignored,
@@ -42,15 +45,15 @@ def prune_channels(job: Job, model, ratio: float) -> None:
     before = count_macs(model, job.input_shape)
     try:
         pruner.step()
-        result = forward(model, example)
+        result = [tuple(out.shape) for out in forward_all(model, example)]
     except Exception as err:  # the user's model, cut by Torch-Pruning: either may raise anything
         raise UserError(f"Torch-Pruning could not prune {type(model).__name__} ({first_line(err)}): list "
                         f"the modules involved in prune.keep, or drop the prune ratio") from None
     finally:
         model.zero_grad(set_to_none=True)
-    if tuple(result.shape) != out_shape:
-        raise UserError(f"pruning changed the output shape of {type(model).__name__} from {out_shape} to "
-                        f"{tuple(result.shape)}: name its output layer in prune.keep")
+    if result != out_shapes:
+        raise UserError(f"pruning changed the output shapes of {type(model).__name__} from {out_shapes} to "
+                        f"{result}: name its output layers in prune.keep")
     if count_macs(model, job.input_shape) >= before:
         raise UserError(f"Torch-Pruning traced no removable channel in {type(model).__name__} at ratio {ratio} "
                         f"(it follows autograd, so a forward that leaves torch, e.g. via numpy or .detach(), "
@@ -92,12 +95,34 @@ def _taylor_gradients(job: Job, model) -> None:
         loss.backward()
 
 
-def _output_layers(model) -> list:
-    """The classifier head: the last Linear, or the last convolution of a model without one."""
+def _output_layers(model, example) -> list:
+    """The Conv and Linear layers whose outputs reach a model output with no other Conv or Linear between (a
+    classifier's head; each head of a detector): pruning their channels would change the model's outputs.
+    Found by walking the autograd graph back from every output."""
     import torch
 
-    for kind in (torch.nn.Linear, torch.nn.modules.conv._ConvNd):
-        layers = [m for m in model.modules() if isinstance(m, kind)]
-        if layers:
-            return [layers[-1]]
-    return []
+    producers = {}
+
+    def record(module, _inputs, output):
+        producers[output.grad_fn] = module
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))]
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with torch.enable_grad():  # an input that wants gradients gives a graph even with frozen weights
+            outputs = outputs_of(model(example.clone().requires_grad_(True)))
+        pending = [out.grad_fn for out in outputs if out.grad_fn is not None]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found, seen = [], set()
+    while pending:
+        step = pending.pop()
+        if step in seen:
+            continue
+        seen.add(step)
+        if step in producers:
+            found.append(producers[step])
+        else:
+            pending.extend(after for after, _ in step.next_functions if after is not None)
+    return list(dict.fromkeys(found))  # a head called twice is found twice

@@ -13,7 +13,7 @@ from ...parity import output_metrics
 from .channels import prune_channels
 from .clustering import cluster
 from .config import PruneConfig
-from .measure import count_macs, predict
+from .measure import count_macs, predict_all
 from .recovery import recover
 from .sparsity import sparsify
 
@@ -28,8 +28,11 @@ class Job:
         self.unlabeled = torch.from_numpy(np.ascontiguousarray(unlabeled, dtype=np.float32))
         self.eval_x = torch.from_numpy(np.ascontiguousarray(eval_x, dtype=np.float32))
         self.eval_y = None if eval_y is None else np.asarray(eval_y).astype(np.int64).reshape(-1)
-        self.reference = predict(teacher, self.eval_x)
-        self.original_accuracy = self._accuracy(self.reference)
+        self.reference = predict_all(teacher, self.eval_x)
+        self.original_accuracy = self._accuracy(self.reference[0])
+        if config.min_agreement is not None and self.quality(teacher)["top1_agreement"] is None:
+            raise UserError("min_agreement compares top-1 classes, and the model's first output has no class axis: "
+                            "drop the budget, or give max_accuracy_drop with labels")
 
     def stats(self, model) -> dict[str, Any]:
         params = [p.detach().cpu().float().numpy().ravel() for p in model.parameters()]
@@ -38,11 +41,14 @@ class Job:
                 "float32_bytes": len(raw), "zlib_bytes": len(zlib.compress(raw, 6))}
 
     def quality(self, model) -> dict[str, Any]:
-        logits = predict(model, self.eval_x)
-        metrics = output_metrics(self.reference, logits)
-        result = {"top1_agreement": metrics["top1_agreement"], "cosine": metrics["cosine"]}
+        outputs = predict_all(model, self.eval_x)
+        metrics = [output_metrics(reference, output) for reference, output in zip(self.reference, outputs)]
+        # Top-1 and accuracy from the first output (a classifier's); cosine: the worst output's.
+        result = {"top1_agreement": metrics[0].get("top1_agreement"), "cosine": min(m["cosine"] for m in metrics)}
+        if len(metrics) > 1:
+            result["output_cosines"] = [m["cosine"] for m in metrics]
         if self.eval_y is not None:
-            result["accuracy"] = self._accuracy(logits)
+            result["accuracy"] = self._accuracy(outputs[0])
         return result
 
     def _accuracy(self, logits: np.ndarray) -> float | None:

@@ -37,20 +37,35 @@ def count_macs(model, input_shape) -> int:
 
 def predict(model, x) -> np.ndarray:
     """The first output on `x` in eval mode, in batches of 256; the model's training flag is restored."""
+    return predict_all(model, x)[0]
+
+
+def predict_all(model, x) -> list[np.ndarray]:
+    """Every output, the same way."""
     import torch
 
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = torch.cat([forward(model, x[i:i + 256]) for i in range(0, len(x), 256)])
+    batches = [forward_all(model, x[i:i + 256]) for i in range(0, len(x), 256)]
     model.train(was_training)
-    return out.float().numpy()
+    return [torch.cat(parts).float().numpy() for parts in zip(*batches)]
 
 
 def forward(model, x):
     """The first output of one forward pass, without gradients."""
+    return forward_all(model, x)[0]
+
+
+def forward_all(model, x) -> list:
+    """Every output of one forward pass, without gradients."""
     import torch
 
     with torch.no_grad():
-        out = model(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+        return outputs_of(model(x))
+
+
+def outputs_of(result) -> list:
+    """A model's outputs as a list: one tensor, a tuple or list of them, or a dict's values in order."""
+    if isinstance(result, dict):
+        return list(result.values())
+    return list(result) if isinstance(result, (tuple, list)) else [result]

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import BATCH, SEED
+from .measure import outputs_of
 
 if TYPE_CHECKING:
     from .job import Job
@@ -56,7 +57,9 @@ def recalibrate_bn(model, images) -> int:
 
 
 def _distill(job: Job, student, steps: int) -> dict[str, Any]:
-    """Knowledge distillation: KL between temperature-softened teacher and student outputs."""
+    """Knowledge distillation: KL between temperature-softened teacher and student outputs; for a model with
+    several outputs (a detector's scores, boxes, landmarks), the mean over outputs of the squared error to the
+    teacher's, each divided by the teacher output's variance so that no output's scale outweighs the others."""
     import torch
     import torch.nn.functional as F
 
@@ -71,9 +74,15 @@ def _distill(job: Job, student, steps: int) -> dict[str, Any]:
         index = torch.randint(len(job.unlabeled), (batch,), generator=generator)
         x = _augment(job.unlabeled[index], generator).to(device)
         with torch.no_grad():
-            soft_targets = F.softmax(teacher(x) / temperature, dim=1)
-        log_probs = F.log_softmax(student(x) / temperature, dim=1)
-        loss = F.kl_div(log_probs, soft_targets, reduction="batchmean") * temperature ** 2
+            targets = outputs_of(teacher(x))
+        outputs = outputs_of(student(x))
+        if len(outputs) == 1:
+            soft_targets = F.softmax(targets[0] / temperature, dim=1)
+            log_probs = F.log_softmax(outputs[0] / temperature, dim=1)
+            loss = F.kl_div(log_probs, soft_targets, reduction="batchmean") * temperature ** 2
+        else:
+            loss = sum(F.mse_loss(out, target) / (target.var() + 1e-8)
+                       for out, target in zip(outputs, targets)) / len(outputs)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -83,7 +92,10 @@ def _distill(job: Job, student, steps: int) -> dict[str, Any]:
     # Training moved the batch-norm statistics on augmented batches; settle them on the clean images.
     recalibrate_bn(student, job.unlabeled)
     return {"steps": steps, "batch": batch, "data": f"{len(job.unlabeled)} unlabeled images",
-            "augment": "random shift up to 1/16 of the side, scale 0.9-1.1", "temperature": temperature,
+            "augment": "random shift up to 1/16 of the side, scale 0.9-1.1",
+            "loss": (f"KL divergence at temperature {temperature}" if len(outputs) == 1 else
+                     f"squared error per output over the teacher's variance, mean of {len(outputs)} outputs"),
+            "temperature": temperature,
             "optimizer": f"Adam lr {LEARNING_RATE} cosine", "device": device.type,
             "final_loss": round(loss.item(), 5) if steps else None}
 

@@ -49,7 +49,8 @@ def inside_budget(job: Job, quality: dict[str, Any]) -> bool:
 
 
 def describe(job: Job, quality: dict[str, Any]) -> str:
-    parts = [f"agreement {quality['top1_agreement']:.2%}"]
+    parts = [f"agreement {quality['top1_agreement']:.2%}" if quality["top1_agreement"] is not None
+             else f"cosine {quality['cosine']:.4f}"]
     if quality.get("accuracy") is not None:
         parts.insert(0, f"accuracy {quality['accuracy']:.2f}% vs {job.original_accuracy:.2f}%")
     return ", ".join(parts)
