@@ -295,8 +295,15 @@ def start_build(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     shutil.copytree(TESTS.parent / "edgekit" / "example", tmp_path / "unrelated")  # a neighbour that must survive
     process = subprocess.Popen([sys.executable, "-m", "edgekit", "build", f"{model}:make", "--input-shape",
                                 "1,1,32,32", "--calib", str(example.CALIB), "--out", str(out), "--quiet", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=_ctrl_c_reaches_it)
     return process, out
+
+
+def _ctrl_c_reaches_it() -> None:
+    """The build starts as a terminal's foreground command does, with SIGINT at its default: a shell script
+    that runs the tests in the background (`pytest &`) leaves SIGINT ignored, and the build would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, process: subprocess.Popen, seconds: float = 240) -> None:
