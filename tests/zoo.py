@@ -13,6 +13,7 @@ Torch families are `edgekit build tests/zoo.py:<factory>` (each model carries `i
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -774,6 +775,69 @@ def _save_checked(model, path: str | Path) -> Path:
     return path
 
 
+# ---- 11: a Keras model exported by tf2onnx ------------------------------------------------------------
+
+KERAS_INPUT = {"image": (1, 32, 32, 3)}  # channels last, as Keras takes images
+
+
+def _channels_last_images(count: int, seed: int) -> dict[str, np.ndarray]:
+    x, y = labeled_images((1, 3, 32, 32), count, seed)
+    return {"image": np.ascontiguousarray(x.transpose(0, 2, 3, 1)), "y": y}
+
+
+def keras_tf2onnx(path: str | Path) -> Path:
+    """A MobileNet-style Keras classifier exported by tf2onnx (opset 13) from a tf.function, image (1, 32, 32, 3)
+    channels last -> softmax (1, 10) named 'Identity:0': a Transpose to NCHW at the input, Conv with the
+    BatchNormalization folded in, DepthwiseConv2D, ReLU6 as Clip, a residual Add, GlobalAveragePool + Squeeze,
+    the Dense layer as MatMul + Add, Softmax. Weights: Keras's initializers (seeded), BatchNormalization
+    statistics measured on images, the Dense layer fitted by ridge regression as the other zoo heads."""
+    Path(path).write_bytes(_keras_tf2onnx_bytes())
+    return Path(path)
+
+
+@functools.cache
+def _keras_tf2onnx_bytes() -> bytes:
+    import tensorflow as tf
+    import tf2onnx
+
+    keras = tf.keras
+    keras.utils.set_random_seed(12)
+    layers = keras.layers
+
+    def conv_bn(x, filters: int, kernel: int, stride: int = 1, depthwise: bool = False):
+        conv = (layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False) if depthwise else
+                layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False))
+        return layers.ReLU(6.0)(layers.BatchNormalization()(conv(x)))
+
+    image = keras.Input(KERAS_INPUT["image"][1:], batch_size=1, name="image")
+    x = conv_bn(image, 16, 3, 2)  # 16x16
+    x = conv_bn(x, 16, 3, depthwise=True)
+    x = conv_bn(x, 32, 1)
+    block = conv_bn(conv_bn(x, 32, 3, depthwise=True), 32, 1)
+    x = layers.Add()([x, block])
+    x = conv_bn(conv_bn(x, 32, 3, 2, depthwise=True), 64, 1)  # 8x8
+    features = layers.GlobalAveragePooling2D()(x)
+    head = layers.Dense(CLASSES, activation="softmax")
+    model = keras.Model(image, head(features))
+
+    data = _channels_last_images(256, INIT_SEED)
+    rng = np.random.default_rng(12)
+    for norm in [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]:
+        value = keras.Model(image, norm.input)(data["image"]).numpy()  # BatchNorms before it are measured
+        variance = value.var(axis=(0, 1, 2))
+        gamma = rng.uniform(0.6, 1.4, variance.shape)
+        norm.set_weights([gamma, np.full(variance.shape, 0.1), value.mean(axis=(0, 1, 2)),
+                          np.maximum(variance, np.median(variance))])
+    pooled = keras.Model(image, features)(data["image"]).numpy()
+    weight, bias = _ridge(pooled.astype(np.float64), data["y"])
+    head.set_weights([weight.T.astype(np.float32), bias.astype(np.float32)])
+
+    signature = (tf.TensorSpec(KERAS_INPUT["image"], tf.float32, name="image"),)
+    onnx_model, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False)),
+                                                  input_signature=signature, opset=13)
+    return onnx_model.SerializeToString()
+
+
 # ---- registry ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -833,6 +897,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("paddle_detector", "segmenter", PADDLE_INPUT, _images_of(PADDLE_INPUT, False),
            writer=paddle_style_detector_onnx,
            note="paddle2onnx-style opset 11 DB-like head, Resize + ConvTranspose, sigmoid map"),
+    Family("keras_tf2onnx", "classifier", KERAS_INPUT, _channels_last_images, writer=keras_tf2onnx,
+           note="Keras model exported by tf2onnx: channels-last input, output 'Identity:0', Softmax"),
 ]}
 
 
