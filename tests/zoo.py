@@ -787,10 +787,11 @@ def _channels_last_images(count: int, seed: int) -> dict[str, np.ndarray]:
 
 def keras_tf2onnx(path: str | Path) -> Path:
     """A MobileNet-style Keras classifier exported by tf2onnx (opset 13) from a tf.function, image (1, 32, 32, 3)
-    channels last -> softmax (1, 10) named 'Identity:0': a Transpose to NCHW at the input, Conv with the
-    BatchNormalization folded in, DepthwiseConv2D, ReLU6 as Clip, a residual Add, GlobalAveragePool + Squeeze,
-    the Dense layer as MatMul + Add, Softmax. Weights: Keras's initializers (seeded), BatchNormalization
-    statistics measured on images, the Dense layer fitted by ridge regression as the other zoo heads."""
+    channels last -> softmax (1, 10) and a sigmoid score (1, 1), named 'Identity:0' and 'Identity_1:0': a
+    Transpose to NCHW at the input, Conv with the BatchNormalization folded in, DepthwiseConv2D with it as
+    Mul + Add, ReLU6 as Clip, a residual Add, GlobalAveragePool + Squeeze, Dense layers as Gemm. Weights:
+    Keras's initializers (seeded), BatchNormalization statistics measured on images, the class head fitted
+    by ridge regression as the other zoo heads, the score's logit scaled to mean 0 and std 2."""
     Path(path).write_bytes(_keras_tf2onnx_bytes())
     return Path(path)
 
@@ -817,8 +818,8 @@ def _keras_tf2onnx_bytes() -> bytes:
     x = layers.Add()([x, block])
     x = conv_bn(conv_bn(x, 32, 3, 2, depthwise=True), 64, 1)  # 8x8
     features = layers.GlobalAveragePooling2D()(x)
-    head = layers.Dense(CLASSES, activation="softmax")
-    model = keras.Model(image, head(features))
+    head, score = layers.Dense(CLASSES, activation="softmax"), layers.Dense(1, activation="sigmoid")
+    model = keras.Model(image, [head(features), score(features)])
 
     data = _channels_last_images(256, INIT_SEED)
     rng = np.random.default_rng(12)
@@ -831,6 +832,10 @@ def _keras_tf2onnx_bytes() -> bytes:
     pooled = keras.Model(image, features)(data["image"]).numpy()
     weight, bias = _ridge(pooled.astype(np.float64), data["y"])
     head.set_weights([weight.T.astype(np.float32), bias.astype(np.float32)])
+    direction = rng.standard_normal((pooled.shape[1], 1))
+    logit = pooled @ direction  # the score's logit: mean 0 and std 2 over the images, as the detectors' heads
+    gain = 2.0 / logit.std()
+    score.set_weights([(direction * gain).astype(np.float32), (-logit.mean(0) * gain).astype(np.float32)])
 
     signature = (tf.TensorSpec(KERAS_INPUT["image"], tf.float32, name="image"),)
     onnx_model, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False)),
@@ -898,7 +903,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            writer=paddle_style_detector_onnx,
            note="paddle2onnx-style opset 11 DB-like head, Resize + ConvTranspose, sigmoid map"),
     Family("keras_tf2onnx", "classifier", KERAS_INPUT, _channels_last_images, writer=keras_tf2onnx,
-           note="Keras model exported by tf2onnx: channels-last input, output 'Identity:0', Softmax"),
+           note="Keras model exported by tf2onnx: channels-last input, Softmax and Sigmoid outputs 'Identity:0', "
+                "'Identity_1:0'"),
 ]}
 
 
@@ -937,6 +943,7 @@ def degeneracy(name: str, count: int = 64, seed: int = 1) -> list[str]:
         if stuck.any():
             problems.append(f"{name} {output}: {int(stuck.sum())} of {relative.size} elements vary less than 1e-3 "
                             f"of the magnitude across samples (min {relative.min():.2g})")
-        if family.kind == "classifier" and value.ndim == 2 and len(np.unique(value.argmax(1))) < 3:
+        if family.kind == "classifier" and value.ndim == 2 and value.shape[1] > 1 and \
+                len(np.unique(value.argmax(1))) < 3:
             problems.append(f"{name} {output}: top-1 takes only {len(np.unique(value.argmax(1)))} classes")
     return problems

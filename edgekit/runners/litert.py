@@ -97,11 +97,12 @@ def builtin_interpreter(path: Path, preserve_all_tensors: bool = False):
 def bind_io(path: Path, reference: IO, probe: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> IO:
     """The .tflite's inputs and outputs, each paired with the reference model's tensor of the same identity.
 
-    Pairing is by name: the TFLite signature's keys (onnx2tf names them after the ONNX tensors) or, in
-    onnx2tf's signature-less float files, the input names and `Identity_<k>` for the k-th ONNX output;
-    never by position or shape. Layout comes from shapes (onnx2tf makes 3-D to 5-D inputs channel-last);
-    an output whose shape fits both layouts (C == H == W) is settled on `probe`, one batch of reference
-    inputs and outputs. Raises ValueError naming the tensor that cannot be paired.
+    Pairing is by name: the TFLite signature's keys (onnx2tf names them after the ONNX tensors, or
+    `output_<k>` for the k-th ONNX output where it could not) or, in onnx2tf's signature-less float files,
+    the input names and `Identity_<k>` for the k-th ONNX output; never by shape. Layout comes from shapes
+    (onnx2tf makes 3-D to 5-D inputs channel-last); an output whose shape fits both layouts (C == H == W) is
+    settled on `probe`, one batch of reference inputs and outputs. Raises ValueError naming the tensor that
+    cannot be paired.
     """
     runner = LiteRTRunner(path)
     interpreter = runner.interpreter
@@ -136,7 +137,9 @@ def _input_candidates(spec: TensorSpec, position: int) -> list[str]:
 
 def _output_candidates(spec: TensorSpec, position: int) -> list[str]:
     # onnx2tf's Keras model returns the ONNX outputs in order; its float TFLite calls them Identity, Identity_1...
-    return [spec.name, tf_name(spec.name), "Identity" if position == 0 else f"Identity_{position}"]
+    # and, where its output layers kept no ONNX name (tf2onnx's 'Identity:0'), its signature output_0, output_1...
+    return [spec.name, tf_name(spec.name), "Identity" if position == 0 else f"Identity_{position}",
+            f"output_{position}"]
 
 
 def tf_name(onnx_name: str) -> str:
