@@ -114,8 +114,10 @@ def _resolve_shape(name: str, dims: list[int | None], given: list[int] | None, w
     if given is None:
         if any(d is None for d in dims):
             shown = ",".join("?" if d is None else str(d) for d in dims)
+            example = ("--input-shape " + ",".join(["1", *map(str, dims[1:])]) + " (batch 1)"
+                       if None not in dims[1:] else "e.g. --input-shape 1,3,224,224")
             raise UserError(f"input '{name}' of {where} has dynamic dimensions ({shown}): "
-                            f"pass --input-shape with a fixed shape, e.g. --input-shape 1,3,224,224")
+                            f"pass --input-shape with a fixed shape, {example}")
         return tuple(dims)
     if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
         shown = ",".join("?" if d is None else str(d) for d in dims)

@@ -50,13 +50,15 @@ def test_module_factory_reference_and_held_out_split(tmp_path, data, monkeypatch
     assert "held out" in manifest["evaluation"]["source"]
 
 
-def test_onnx_file_with_dynamic_batch(tmp_path, data):
+def test_onnx_file_with_dynamic_batch(tmp_path, data, capsys):
     path = tmp_path / "resnet.onnx"
     torch.onnx.export(tiny_resnet(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
                       input_names=["images"], output_names=["scores"], dynamic_axes={"images": {0: "batch"}})
     out = tmp_path / "out"
     args = ["build", path, "--calib", data / "calib.npy", "--target", "x86_64", "--out", out, "--quiet"]
-    assert run_cli(*args) == 2  # dynamic batch needs --input-shape
+    assert run_cli(*args) == 2  # dynamic batch needs --input-shape, and the message gives the one to pass
+    assert "has dynamic dimensions (?,3,32,32): pass --input-shape with a fixed shape, --input-shape 1,3,32,32 " \
+        "(batch 1)" in capsys.readouterr().err
     assert run_cli(*args, "--input-shape", "1,3,32,32") == 0
     manifest = read_manifest(out / "x86_64")
     assert manifest["reference"]["engine"] == "onnxruntime"
