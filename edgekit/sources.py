@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import logging
 import pickle
+import re
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from .errors import UserError, first_line
 from .spec import TensorSpec, image_layout
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+# The ONNX checker on an operator outside the standard set (tf2onnx writes TensorFlow's Erfc that way)
+UNKNOWN_OPERATOR = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")
 
 
 @dataclass
@@ -105,6 +108,11 @@ def read_onnx(path: Path):
         onnx.checker.check_model(model)
     except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as err:
         detail = first_line(err)
+        unknown = UNKNOWN_OPERATOR.search(detail)
+        if unknown:  # a whole file, from an exporter that wrote an operator ONNX does not have
+            raise UserError(f"{path} uses the operator {unknown[1]}, which ONNX does not define (at opset "
+                            f"{unknown[2]}): its exporter could not convert that layer; re-export it with a "
+                            f"layer the exporter supports in its place") from None
         raise UserError(f"{path} is not a valid ONNX model ({detail}): re-export it, "
                         f"or check that the file was copied completely") from None
     return model

@@ -51,6 +51,19 @@ def test_corrupt_or_truncated_onnx(tmp_path, capsys, example_build, content):
     assert_user_error(capsys, tmp_path / "out", code, "not a valid ONNX model")
 
 
+def test_onnx_with_an_operator_onnx_does_not_define(tmp_path, capsys):
+    """tf2onnx writes TensorFlow ops it cannot convert as they are (Keras's exact GELU became `Erfc`)."""
+    from onnx import TensorProto, helper, save
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"], name="gelu/Erfc")], "g", io[:1], io[1:])
+    path = tmp_path / "exported.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code = run_cli("build", path, "--out", tmp_path / "out", "--quiet", "--random-calib")
+    assert_user_error(capsys, tmp_path / "out", code, "uses the operator Erfc", "does not define (at opset 17)",
+                      "re-export")
+
+
 def test_pickle_that_needs_code_execution_is_refused_not_run(tmp_path, capsys):
     marker = tmp_path / "code-was-executed"
     weights = tmp_path / "evil.pt"
