@@ -447,7 +447,7 @@ def _layer_inputs(shared: BuildInputs, hub: Artifact) -> dict[str, np.ndarray]:
     capture under LAYERWISE_CAPTURE_BYTES."""
     per_sample = hub.metadata["activation_bytes"]
     samples = max(1, min(LAYERWISE_SAMPLES, LAYERWISE_CAPTURE_BYTES // max(per_sample, 1)))
-    return {name: value[:samples].astype(np.float32) for name, value in shared.data.evaluation.inputs.items()}
+    return {name: value[:samples] for name, value in shared.data.evaluation.inputs.items()}  # in the input's dtype
 
 
 def _capture_by_hub_names(inputs: dict[str, np.ndarray], made: list[Artifact]) -> dict[str, Any]:

@@ -121,3 +121,36 @@ def test_image_folders_for_calibration_and_labeled_eval(tmp_path):
     assert manifest["evaluation"]["samples"] == 100 and manifest["evaluation"]["labeled"]
     assert manifest["reference"]["accuracy"] >= 98.0  # the digits survive the PNG round trip
     assert manifest["calibration"]["samples"] == 64
+
+
+def test_onnx_file_with_a_uint8_image_input(tmp_path, capsys):
+    """A model exported with its preprocessing takes raw uint8 pixels: calibration, parity, the per-layer SNR
+    and `debug` all feed it uint8 (the per-layer step fed float32, which ONNX Runtime refused with a
+    traceback)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "weight")
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")
+    nodes = [helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["as_float", "scale"], ["scaled"]),
+             helper.make_node("Conv", ["scaled", "weight"], ["features"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["features"], ["map"])]
+    graph = helper.make_graph(nodes, "preprocessing_inside",
+                              [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 8, 14, 14])],
+                              [weight, scale])
+    path = tmp_path / "raw_pixels.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    smooth = torch.nn.functional.interpolate(torch.rand(80, 3, 4, 4), size=(16, 16), mode="bilinear").numpy()
+    np.save(tmp_path / "pixels.npy", (smooth * 255).round().astype(np.uint8))
+    out = tmp_path / "out"
+    assert run_cli("build", path, "--calib", tmp_path / "pixels.npy", "--target", "x86_64", "--out", out,
+                   "--quiet") == 0
+    manifest = read_manifest(out / "x86_64")
+    assert manifest["artifacts"][0]["inputs"][0]["dtype"] == "uint8"
+    int8 = next(a for a in manifest["artifacts"] if a["precision"] == "int8")
+    assert int8["parity"]["passed"] and int8["parity"]["outputs"]["map"]["cosine"] >= 0.999
+    snr = {layer["name"]: float(layer["snr_db"]) for layer in int8["layers"]}  # "inf" where exact (JSON)
+    assert set(snr) == {"as_float", "scaled", "map"} and min(snr.values()) > 20
+    assert run_cli("debug", out / "x86_64") == 0  # debug feeds the folder's uint8 parity inputs as they are

@@ -154,4 +154,6 @@ def held_out_inputs(folder: Path, manifest: Manifest, path: str | None, samples:
         except (OSError, KeyError, ValueError) as err:
             raise UserError(f"cannot read inputs {path}: {err} (give an .npz with one array per input, or 'x')") \
                 from None
-    return {n: v[:samples].astype(np.float32) for n, v in inputs.items()}
+    # float data as the float32 the models take; integer data (a uint8 image input) as it is
+    return {n: v[:samples].astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v[:samples]
+            for n, v in inputs.items()}
