@@ -109,7 +109,7 @@ def read_onnx(path: Path):
     except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as err:
         detail = first_line(err)
         unknown = UNKNOWN_OPERATOR.search(detail)
-        if unknown:  # a whole file, from an exporter that wrote an operator ONNX does not have
+        if unknown:  # the file is whole: its exporter wrote an operator ONNX does not have
             raise UserError(f"{path} uses the operator {unknown[1]}, which ONNX does not define (at opset "
                             f"{unknown[2]}): its exporter could not convert that layer; re-export it with a "
                             f"layer the exporter supports in its place") from None
