@@ -35,7 +35,7 @@ class ProcessWide(abc.ABC):
         """Cumulative millijoules."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the reader is made once per process and read again by the next measurement."""
 
 
 class Rapl(ProcessWide):
@@ -111,23 +111,23 @@ def _rapl(root: Path):
     if not any(root.glob("intel-rapl:*")):
         return None, (f"{root} is absent (RAPL needs a Linux host with an Intel or AMD CPU; in a container, "
                       f"mount it)")
-    try:
-        from zeus.exception import ZeusBaseError
-    except ImportError:
-        return None, "reading RAPL needs zeus: pip install 'edgekit[energy]'"
-    try:
-        return Rapl(root), None
-    except (OSError, ZeusBaseError) as err:  # unreadable counters (RAPL wants root on recent kernels)
-        return None, f"cannot read the RAPL counters under {root}: {first_line(err)}"
+    # unreadable counters: RAPL wants root on recent kernels
+    return _made("RAPL", lambda: Rapl(root), f"cannot read the RAPL counters under {root}")
 
 
 @functools.cache
 def _nvml():
+    # no NVIDIA driver, no GPU, or one too old to count energy
+    return _made("NVML", Nvml, "no GPU energy through NVML")
+
+
+def _made(what: str, make, failure: str):
+    """(the zeus reader `make` gives, None), or (None, why not: zeus missing, or `failure` and zeus's words)."""
     try:
         from zeus.exception import ZeusBaseError
     except ImportError:
-        return None, "reading NVML needs zeus: pip install 'edgekit[energy]'"
+        return None, f"reading {what} needs zeus: pip install 'edgekit[energy]'"
     try:
-        return Nvml(), None
-    except (OSError, ZeusBaseError) as err:  # no NVIDIA driver, no GPU, or one too old to count energy
-        return None, f"no GPU energy through NVML: {first_line(err)}"
+        return make(), None
+    except (OSError, ZeusBaseError) as err:
+        return None, f"{failure}: {first_line(err)}"

@@ -140,10 +140,8 @@ def _hwmon_rails(root):
         channels = sorted({match.group(1) for path in chip.glob("*_input")
                            if (match := re.fullmatch(r"(?:power|curr)(\d+)_input", path.name))})
         for index in channels:
-            power, volts, amps = (chip / f"power{index}_input", chip / f"in{index}_input",
-                                  chip / f"curr{index}_input")
-            read = (_scaled(power, 1e-6) if power.exists()  # microwatts
-                    else _product(volts, amps, 1e-6) if volts.exists() and amps.exists() else None)  # mV x mA
+            # microwatts, or millivolts times milliamps
+            read = _watts(chip / f"power{index}_input", 1e-6, chip / f"in{index}_input", chip / f"curr{index}_input")
             if read:
                 rails.append((_text(chip / f"in{index}_label") or f"{name} channel {index}", read, str(chip)))
     return rails
@@ -157,10 +155,9 @@ def _iio_rails(root):
             continue
         for name in sorted(device.glob("rail_name_*")):
             index = name.name.rsplit("_", 1)[1]
-            power = device / f"in_power{index}_input"
-            volts, amps = device / f"in_voltage{index}_input", device / f"in_current{index}_input"
-            read = (_scaled(power, 1e-3) if power.exists()  # milliwatts
-                    else _product(volts, amps, 1e-6) if volts.exists() and amps.exists() else None)
+            # milliwatts, or millivolts times milliamps
+            read = _watts(device / f"in_power{index}_input", 1e-3, device / f"in_voltage{index}_input",
+                          device / f"in_current{index}_input")
             if read:
                 rails.append((_text(name), read, str(device)))
     return rails
@@ -174,12 +171,14 @@ def _answers(read):
         return False
 
 
-def _scaled(path, scale):
-    return lambda: float(path.read_text()) * scale
-
-
-def _product(volts, amps, scale):
-    return lambda: float(volts.read_text()) * float(amps.read_text()) * scale
+def _watts(power, power_scale, millivolts, milliamps):
+    """A reading of one channel in watts: its power file where the driver has one, else volts times amps; None
+    when it has neither."""
+    if power.exists():
+        return lambda: float(power.read_text()) * power_scale
+    if millivolts.exists() and milliamps.exists():
+        return lambda: float(millivolts.read_text()) * float(milliamps.read_text()) * 1e-6
+    return None
 
 
 def _text(path):

@@ -56,10 +56,10 @@ def distill_student(teacher, student, input_shape, config: DistillConfig, budget
 
 def _check_outputs(job: Job, student) -> None:
     """The student must answer with what the teacher answers: the same output shapes on the same input."""
-    from .measure import forward_all
+    from .measure import predict_all
 
     probe = job.eval_x[:2]
-    ours, theirs = ([tuple(out.shape) for out in forward_all(model.eval(), probe)] for model in (student, job.teacher))
+    ours, theirs = ([out.shape for out in predict_all(model, probe)] for model in (student, job.teacher))
     if ours != theirs:
         raise UserError(f"the student's outputs have shapes {ours} and the teacher's {theirs}: distillation needs "
                         f"the same outputs (the same classes)")
