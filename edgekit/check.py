@@ -23,6 +23,7 @@ class CheckResult:
     failures: list[Failure]  # conversions the build recorded as failed, and problems of the release
     digest: str  # of the release as it is now
     judged_by: str  # where the tolerances came from, in words
+    machine_notes: list[str]  # artifacts whose verdict was computed here on other kernels than at the build
 
     @property
     def passed(self) -> bool:
@@ -36,7 +37,7 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
     manifest = package.read_manifest(folder)
     target = None if recorded_tolerances and not profile else \
         targets.for_build(manifest.target.builtin, profile, str(folder))
-    runtime = target.runtime if target else Runtime()
+    runtime = target.runtime if target else Runtime(cpu_floor=_recorded_floor(manifest))
     hashes = package.listed_hashes(folder, manifest)  # each file read once, for the digest and the checks
     digest = package.release_digest(manifest, hashes)
     failures = list(manifest.failures)
@@ -48,7 +49,7 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
     evidence_problem = _evidence_problem(manifest, hashes)
     if evidence_problem is None:
         inputs, labels, reference = package.read_parity_data(folder, manifest.input_names)
-    records = []
+    records, notes = [], []
     for entry in manifest.artifacts:
         path = package.inside(folder, entry.name, "artifacts[].file")
         if evidence_problem:
@@ -58,13 +59,55 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
         elif hashes[entry.name] != entry.file.sha256:
             parity = ParityResult(error="its sha256 differs from the manifest: the file changed after the build")
         else:
-            parity = verify(path, entry.format, runtime, (entry.inputs, entry.outputs), inputs, reference,
-                            judged_by(manifest, entry, target), labels, manifest.output_kinds).parity
+            checked = verify(path, entry.format, runtime, (entry.inputs, entry.outputs), inputs, reference,
+                             judged_by(manifest, entry, target), labels, manifest.output_kinds)
+            parity, kernels = checked.parity, checked.runtime["kernels"]
+            note = machine_note(entry, kernels)
+            notes += [note] if note else []
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry.name, "bytes": size, "precision": entry.precision,
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
     source = "the tolerances recorded in the folder" if target is None else f"profile {target.source}"
-    return CheckResult(records, failures, digest, source)
+    return CheckResult(records, failures, digest, source, notes)
+
+
+def machine_note(entry: ArtifactEntry, kernels: dict[str, Any]) -> str | None:
+    """One line when this host computed an artifact on other INT8 kernels than the build recorded."""
+    recorded = entry.runtime.get("kernels") if isinstance(entry.runtime, dict) else None
+    now = _kernel_words(kernels)
+    if not isinstance(recorded, dict):
+        return f"{entry.name}: the build recorded no kernel path; computed here on {now}"
+    then = _kernel_words(recorded)
+    if then == now:
+        return None
+    return f"{entry.name}: built on {then}, checked here on {now}"
+
+
+def _kernel_words(kernels: dict[str, Any]) -> str:
+    """A kernel path in words; a recorded one is data from the folder, so only short plain text is kept."""
+    def text(value: Any) -> str:
+        return "".join(c for c in str(value)[:80] if c.isprintable())
+
+    isa = kernels.get("isa") if isinstance(kernels.get("isa"), list) else []
+    words = f"{text(kernels.get('cpu_model'))} ({', '.join(text(f) for f in isa[:12]) or 'no listed flags'})"
+    if "int8_accumulation" in kernels:
+        config = kernels.get("session_config") if isinstance(kernels.get("session_config"), dict) else {}
+        words += f", ONNX Runtime INT8 in {text(kernels['int8_accumulation'])}"
+        words += "".join(f", {text(k)}={text(v)}" for k, v in list(config.items())[:4])
+    return words
+
+
+def _recorded_floor(manifest: Manifest) -> str | None:
+    """The CPU floor the build's profile named, where it is one edgekit knows, else its architecture's default:
+    what --recorded-tolerances judges INT8 kernels by, with the rest of the recorded limits."""
+    from .int8_kernels import FLOORS, default_floor
+
+    profile = manifest.target.profile if isinstance(manifest.target.profile, dict) else {}
+    def section(key: str) -> dict:
+        return profile.get(key) if isinstance(profile.get(key), dict) else {}
+
+    floor = section("runtime").get("cpu_floor")
+    return floor if floor in FLOORS else default_floor(section("bench").get("arch"), bool(profile.get("gpu")))
 
 
 def judged_by(manifest: Manifest, entry: ArtifactEntry, target: Target | None) -> dict[str, Tolerance]:

@@ -383,9 +383,11 @@ def _check(args: argparse.Namespace) -> int:
     failures = [failure.to_dict() for failure in result.failures]
     if args.json:
         print(json.dumps({"passed": result.passed, "digest": result.digest, "judged_by": result.judged_by,
-                          "artifacts": result.records, "failures": failures}, indent=2, default=str))
+                          "machine_notes": result.machine_notes, "artifacts": result.records, "failures": failures}, indent=2, default=str))
     else:
         print(summary_table(result.records, failures))
+        for note in result.machine_notes:
+            print(f"  {note}")
         print(f"\njudged by {result.judged_by}\nrelease digest: {result.digest}"
               f"{' (as expected)' if args.expect and args.expect == result.digest else ''}")
         print(f"{args.folder}: {'PASS' if result.passed else 'FAIL'} ({len(result.records)} artifacts)")

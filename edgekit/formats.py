@@ -31,6 +31,7 @@ class Format:
     capture: Callable[[Path, dict, Any], Any] | None  # every intermediate tensor, for per-layer divergence
     device: str  # what runs its files in the device runner (device/runner.py --runtime)
     tensorrt: bool = False  # GPU targets get a trtexec command for its artifacts
+    onnx_graph: bool = False  # its files are ONNX graphs: their int8 weights are checked for x86 saturation
     # Per-layer mapping: a format whose tensors keep the hub graph's names maps by name; any other is matched
     # by value through its own fp32 file, and its other files are aligned to that one op by op, with these
     # bookkeeping ops set aside and these hub operators counted as fused into their producer.
@@ -69,9 +70,10 @@ def _onnx_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
 
 
 def _onnx_runner(path: Path, runtime: Runtime, io) -> Runner:
+    from .int8_kernels import session_config
     from .runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, runtime.onnxruntime_providers, runtime.threads)
+    return OnnxRuntimeRunner(path, runtime.onnxruntime_providers, runtime.threads, session_config(runtime.cpu_floor))
 
 
 def _onnx_capture(path: Path, inputs: dict, io):
@@ -180,7 +182,7 @@ def _ort_artifact(context: StageContext, onnx_artifact: Artifact | None, precisi
 
 FORMATS = {format.name: format for format in (
     Format("onnx", ".onnx", "ONNX Runtime", ("fp32", "fp16", "int8"), _onnx_stages, _onnx_runner, _onnx_capture,
-           "onnxruntime", tensorrt=True, hub_names=True),
+           "onnxruntime", tensorrt=True, hub_names=True, onnx_graph=True),
     Format("tflite", ".tflite", "LiteRT", ("fp32", "fp16", "dynamic_int8", "int8"), _tflite_stages, _tflite_runner,
            _tflite_capture, "litert", bookkeeping_ops=("input", "QUANTIZE", "DEQUANTIZE"), fused_ops=("Clip", "Relu"),
            child_modules=("onnx2tf", "edgekit.stages.tflite")),

@@ -29,6 +29,7 @@ class Check:
     limit: float
     bound: str  # "max" or "min"
     output: str | None = None
+    detail: str | None = None  # what a failure means and how to fix it, where the number alone does not say
 
     @property
     def passed(self) -> bool:
@@ -58,6 +59,7 @@ class ParityResult:
             return [self.error]
         return [f"{c.metric}{f' ({c.output})' if c.output else ''} = {_show(c.value)}, "
                 f"{'at most' if c.bound == 'max' else 'at least'} {_show(c.limit)} allowed"
+                f"{f': {c.detail}' if c.detail else ''}"
                 for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, Any]:

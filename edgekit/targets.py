@@ -65,6 +65,9 @@ class Runtime:
     # ONNX Runtime execution providers in preference order; the first one installed is used.
     onnxruntime_providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1
+    # The least capable CPU the artifacts ship to (edgekit.int8_kernels.FLOORS): it decides how INT8 is
+    # computed when they are judged. Left out: avx2 for an x86_64 target, armv8 for arm64, gpu with `gpu:`.
+    cpu_floor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class Target:
         check_counts(where, {"bench.runs": self.bench.runs, "bench.warmup": self.bench.warmup,
                              "runtime.threads": self.runtime.threads})
         check_runner(self.bench.runner, f"{where}: bench.runner")
+        self._resolve_cpu_floor(where)
         known = {f.name for f in dataclasses.fields(Tolerance)}
         for section in ("kind_tolerances", "output_tolerances"):
             for name, precisions in getattr(self, section).items():
@@ -206,6 +210,19 @@ class Target:
                     if unknown:
                         raise UserError(f"{self.source or self.name}: unknown key '{section}.{name}.{precision}."
                                         f"{unknown[0]}' (allowed here: {', '.join(sorted(known))})")
+
+    def _resolve_cpu_floor(self, where: str) -> None:
+        from .int8_kernels import FLOORS, default_floor
+
+        floor = self.runtime.cpu_floor or default_floor(self.bench.arch, self.gpu is not None)
+        if floor not in FLOORS:
+            raise UserError(f"{where}: runtime.cpu_floor {floor!r} is not a CPU floor edgekit knows: use one of "
+                            f"{', '.join(FLOORS)}")
+        arch = FLOORS[floor][0]
+        if arch and arch != self.bench.arch:
+            raise UserError(f"{where}: runtime.cpu_floor {floor!r} is an {arch} CPU but bench.arch is "
+                            f"{self.bench.arch}: name a floor of that architecture")
+        object.__setattr__(self, "runtime", dataclasses.replace(self.runtime, cpu_floor=floor))
 
     def tolerance(self, precision: str) -> Tolerance:
         if precision not in self.tolerances:

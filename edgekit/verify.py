@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from .errors import first_line
+from .formats import get
+from .int8_kernels import host_record, saturation_check
 from .output_kinds import OutputKind
 from .parity import ParityResult, compare
 from .runners import open_runner, run_dataset, runtime_errors
@@ -40,8 +42,13 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
     except runtime_errors() as err:  # a corrupt or unrunnable artifact is a failed verdict, not a crash
         detail = first_line(err)
         return Verification(ParityResult(samples=len(next(iter(inputs.values()))), error=f"could not run: {detail}"))
-    checked = Verification(compare(reference, outputs, tolerance, labels, kinds), runner.describe(), runner.inputs,
-                           runner.outputs)
+    parity = compare(reference, outputs, tolerance, labels, kinds)
+    saturation = saturation_check(path, runtime.cpu_floor) if get(artifact_format).onnx_graph else None
+    if saturation:
+        parity.checks.append(saturation)
+    described = runner.describe()
+    checked = Verification(parity, {**described, "kernels": described.get("kernels") or host_record()},
+                           runner.inputs, runner.outputs)
     try:  # measurements beside the verdict: when one fails, the artifact keeps its verdict and goes without it
         checked.delegation = runner.delegation()
         checked.timing = host_timing(runner, inputs) if timed else None

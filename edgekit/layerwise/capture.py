@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..int8_kernels import exact_session_config
+
 
 @dataclass
 class Capture:
@@ -163,6 +165,8 @@ def capture_onnx(model, inputs: dict[str, np.ndarray]) -> Capture:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    for key, value in exact_session_config().items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs() if o.name in wanted]
     first = session.get_inputs()[0].shape[0]

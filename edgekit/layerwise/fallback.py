@@ -431,12 +431,14 @@ def _timed_ms(function, *args) -> float:
 def _session(model, threads: int = 0):
     import onnx
 
+    from ..int8_kernels import exact_session_config
     from ..runners.onnxrt import OnnxRuntimeRunner
 
     with tempfile.TemporaryDirectory(prefix="edgekit-fallback-") as scratch:
         path = Path(scratch) / "candidate.onnx"
         onnx.save(model, str(path))
-        return OnnxRuntimeRunner(path, ["CPUExecutionProvider"], threads=threads)  # 0: ORT's default, every core
+        # 0 threads: ORT's default, every core
+        return OnnxRuntimeRunner(path, ["CPUExecutionProvider"], threads=threads, session_config=exact_session_config())
 
 
 def _run(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

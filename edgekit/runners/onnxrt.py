@@ -38,7 +38,10 @@ def load_error(path: Path) -> str | None:
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, path: Path, providers: list[str], threads: int = 1):
+    """`session_config`: ONNX Runtime session entries (int8_kernels.session_config: how the target's CPUs
+    compute INT8), recorded with the kernel path in `describe()`."""
+
+    def __init__(self, path: Path, providers: list[str], threads: int = 1, session_config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         installed = ort.get_available_providers()
@@ -47,6 +50,9 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        self.session_config = dict(session_config or {})
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         self.path, self.options, self.chosen = path, options, chosen
         self.session = ort.InferenceSession(str(path), options, providers=chosen)
         self.sample: dict[str, np.ndarray] | None = None  # the first batch run, for delegation()
@@ -63,8 +69,11 @@ class OnnxRuntimeRunner(Runner):
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
     def describe(self) -> dict[str, Any]:
+        from ..int8_kernels import onnxruntime_kernels
+
         return {"engine": "onnxruntime", "version": self.version, "provider": self.session.get_providers()[0],
-                "requested_providers": self.requested, "threads": self.threads}
+                "requested_providers": self.requested, "threads": self.threads,
+                "kernels": onnxruntime_kernels(self.session_config)}
 
     def delegation(self) -> dict[str, Any] | None:
         """Nodes per execution provider: the first batch again, in a session of its own that profiles it (each
