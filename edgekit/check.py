@@ -49,7 +49,7 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
     evidence_problem = _evidence_problem(manifest, hashes)
     if evidence_problem is None:
         inputs, labels, reference = package.read_parity_data(folder, manifest.input_names)
-    records, notes = [], []
+    records, differing = [], {}
     for entry in manifest.artifacts:
         path = package.inside(folder, entry.name, "artifacts[].file")
         if evidence_problem:
@@ -62,25 +62,25 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
             checked = verify(path, entry.format, runtime, (entry.inputs, entry.outputs), inputs, reference,
                              judged_by(manifest, entry, target), labels, manifest.output_kinds)
             parity, kernels = checked.parity, checked.runtime["kernels"]
-            note = machine_note(entry, kernels)
-            notes += [note] if note else []
+            paths = kernel_paths(entry, kernels)
+            if paths:
+                differing.setdefault(paths, []).append(entry.name)
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry.name, "bytes": size, "precision": entry.precision,
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})
     source = "the tolerances recorded in the folder" if target is None else f"profile {target.source}"
+    notes = [f"{', '.join(names)}: {then}; checked here on {now}" for (then, now), names in differing.items()]
     return CheckResult(records, failures, digest, source, notes)
 
 
-def machine_note(entry: ArtifactEntry, kernels: dict[str, Any]) -> str | None:
-    """One line when this host computed an artifact on other INT8 kernels than the build recorded."""
+def kernel_paths(entry: ArtifactEntry, kernels: dict[str, Any]) -> tuple[str, str] | None:
+    """What the build recorded computing an artifact and what computed it here, in words, where they differ."""
     recorded = entry.runtime.get("kernels") if isinstance(entry.runtime, dict) else None
     now = _kernel_words(kernels)
     if not isinstance(recorded, dict):
-        return f"{entry.name}: the build recorded no kernel path; computed here on {now}"
+        return "the build recorded no kernel path", now
     then = _kernel_words(recorded)
-    if then == now:
-        return None
-    return f"{entry.name}: built on {then}, checked here on {now}"
+    return None if then == now else (f"built on {then}", now)
 
 
 def _kernel_words(kernels: dict[str, Any]) -> str:

@@ -166,7 +166,7 @@ def _ort_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
         made_from = f"onnx:{precision}"
 
         def inputs(c: StageContext):
-            return c.target.ort.optimization, made_from in c.made and sha256_file(c.made[made_from].path)
+            return (c.target.ort.optimization, _for_arm(c), made_from in c.made and sha256_file(c.made[made_from].path))
 
         return Stage(f"save ORT format ({precision})", 1, "ort", (precision,), (made_from,),
                      lambda c: [_ort_artifact(c, c.made.get(made_from), precision)], settings=inputs)
@@ -177,7 +177,13 @@ def _ort_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
 def _ort_artifact(context: StageContext, onnx_artifact: Artifact | None, precision: str) -> Artifact:
     from .stages.ort_format import save_ort
 
-    return save_ort(onnx_artifact, precision, context.target.ort.optimization, context.folder)
+    return save_ort(onnx_artifact, precision, context.target.ort.optimization, _for_arm(context), context.folder)
+
+
+def _for_arm(context: StageContext) -> bool:
+    from .int8_kernels import FLOORS
+
+    return FLOORS[context.target.runtime.cpu_floor][0] == "arm64"
 
 
 FORMATS = {format.name: format for format in (

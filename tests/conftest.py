@@ -76,6 +76,14 @@ def arm64_python():
 
 
 @pytest.fixture(scope="session")
+def haswell_python() -> list[str]:
+    """This environment's Python on an emulated AVX2 CPU without AVX-512 or VNNI (QEMU's Haswell model), on
+    any x86-64 host: the CPU class whose ONNX Runtime INT8 kernels saturate."""
+    build_env("qemu_x86.sh")
+    return ["qemu-x86_64-static", "-cpu", "Haswell", sys.executable]
+
+
+@pytest.fixture(scope="session")
 def arm64_image():
     build_env("docker_images.sh", "arm64")
     return "edgekit-arm64"

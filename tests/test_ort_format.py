@@ -51,5 +51,5 @@ def test_an_unknown_optimization_level_is_refused(tmp_path, capsys):
 
 def test_an_ort_file_whose_onnx_file_was_not_made_is_a_failure_naming_it(tmp_path):
     with pytest.raises(UserError, match=r"model.int8.ort is saved from model.int8.onnx, which this build could not"):
-        save_ort(None, "int8", "all", tmp_path)
+        save_ort(None, "int8", "all", True, tmp_path)
     assert not list(tmp_path.iterdir())

@@ -17,8 +17,12 @@ NO_NCHWC = ("ONNX Runtime does not optimize an ORT-format file again when it loa
             "to this machine's vector width): on such a CPU the .onnx may run faster; on arm64 they match")
 
 
-def save_ort(onnx_artifact: Artifact | None, precision: str, optimization: str, folder: Path) -> Artifact:
-    """`onnx_artifact`: the ONNX file of the same precision (None when its stage failed)."""
+def save_ort(onnx_artifact: Artifact | None, precision: str, optimization: str, for_arm: bool,
+             folder: Path) -> Artifact:
+    """`onnx_artifact`: the ONNX file of the same precision (None when its stage failed). `for_arm`: the file
+    keeps signed INT8 QDQ as it is (`session.qdqisint8allowed`, what ONNX Runtime asks for files that ARM
+    devices run); otherwise, as on x86, it is saved as U8S8. Saved on an x86 host without the option, an
+    S8S8 file became U8S8 and saturated there although ARM's kernels never do."""
     import onnxruntime as ort
 
     from ..runners import runtime_errors
@@ -31,6 +35,7 @@ def save_ort(onnx_artifact: Artifact | None, precision: str, optimization: str, 
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
     options.optimized_model_filepath = str(output)
     options.add_session_config_entry("session.save_model_format", "ORT")
+    options.add_session_config_entry("session.qdqisint8allowed", "1" if for_arm else "0")
     options.log_severity_level = 3
     try:
         ort.InferenceSession(str(onnx_artifact.path), options, providers=["CPUExecutionProvider"],
