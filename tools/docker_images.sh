@@ -91,8 +91,8 @@ build_image() {  # build_image ARCH PLATFORM WHEELS BASE
     local name=edgekit-$1 context=$CACHE/docker/$1 key
     rm -rf "$context" && mkdir -p "$context/wheels"
     cp -l "$3"/*.whl "$context/wheels/"   # hard links: no second copy on disk
-    cp "$ROOT/edgekit/device/runner.py" "$context/"
-    key=$(cd "$context" && { ls wheels; cat runner.py "$ROOT/docker/$1/Dockerfile"; docker image inspect -f '{{.Id}}' "$4" 2>/dev/null || echo "$4"; } | sha256sum | cut -c1-16)
+    cp "$ROOT/edgekit/device/runner.py" "$ROOT/edgekit/device/cpu.py" "$context/"
+    key=$(cd "$context" && { ls wheels; cat runner.py cpu.py "$ROOT/docker/$1/Dockerfile"; docker image inspect -f '{{.Id}}' "$4" 2>/dev/null || echo "$4"; } | sha256sum | cut -c1-16)
     if [[ "$(label "$name" edgekit.inputs)" == "$key" ]]; then
         log "$name is up to date"
         return

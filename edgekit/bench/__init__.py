@@ -22,7 +22,7 @@ from ..parity import compare
 from ..speed import compare_with_fp32
 from ..check import judged_by
 from ..targets import Target
-from .hosts import METER, RUNNER, Host, SshHost, make_host
+from .hosts import DEVICE_FILES, Host, SshHost, make_host
 
 
 def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | None, warmup: int | None,
@@ -43,9 +43,7 @@ def bench_folder(folder: Path, target: Target, runner: str | None, runs: int | N
     entries = [e for e in manifest.artifacts if only in (None, e.name)]
     if not entries:
         raise UserError(f"{folder} has no artifact named {only} in its manifest")
-    settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
-                "threads": threads or target.runtime.threads,
-                "providers": target.runtime.onnxruntime_providers, "energy": energy}
+    settings = _settings(host, target, runs, warmup, threads, energy)
     benched = []
     for entry in entries:
         artifact = package.inside(folder, entry.name, "artifacts[].file")
@@ -78,9 +76,7 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
     rng = np.random.default_rng(0)
     inputs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in specs}
     host = make_host(runner or target.bench.runner, target.bench)
-    settings = {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
-                "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers,
-                "energy": energy}
+    settings = _settings(host, target, runs, warmup, threads, energy)
     report, _ = _run(host, path, inputs, settings)
     parity = {"passed": None, "error": "not computed: bench a build folder for on-target parity"}
     record = _record(host, report, settings, parity)
@@ -88,6 +84,17 @@ def bench_file(path: Path, target: Target, runner: str | None, runs: int | None,
         record["energy"] = _energy(host, report, path, formats.by_suffix(path).name, target, settings["threads"],
                                    None, inputs)
     return [{"file": path.name, "host_parity": None, **record}]
+
+
+def _settings(host: Host, target: Target, runs: int | None, warmup: int | None, threads: int | None,
+              energy: bool) -> dict[str, Any]:
+    """How the device runner runs each artifact. On this machine's own CPU (native, or Docker x86_64), ONNX Runtime
+    computes INT8 as the target's CPUs do (int8_kernels.session_config); elsewhere the CPU is the target's."""
+    from ..int8_kernels import session_config
+
+    return {"runs": runs or target.bench.runs, "warmup": warmup or target.bench.warmup,
+            "threads": threads or target.runtime.threads, "providers": target.runtime.onnxruntime_providers,
+            "energy": energy, "session_config": session_config(target.runtime.cpu_floor) if host.kind == "native" else {}}
 
 
 def _energy(host: Host, report: dict[str, Any], path: Path, artifact_format: str, target: Target, threads: int,
@@ -119,14 +126,15 @@ def _run(host: Host, artifact: Path, inputs: dict[str, np.ndarray], settings: di
     runner which tensor is which (without it, the artifact's own names and layout)."""
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         workdir = Path(scratch)
-        shutil.copyfile(RUNNER, workdir / "runner.py")
-        shutil.copyfile(METER, workdir / "meter.py")
+        for source in DEVICE_FILES:
+            shutil.copyfile(source, workdir / source.name)
         shutil.copyfile(artifact, workdir / artifact.name)
         np.savez(workdir / "inputs.npz", **inputs)
         args = [artifact.name, "--inputs", "inputs.npz", "--out", "result.npz", "--json", "result.json",
                 "--threads", str(settings["threads"]), "--warmup", str(settings["warmup"]),
                 "--runs", str(settings["runs"]), "--providers", ",".join(settings["providers"]),
-                "--runtime", formats.by_suffix(artifact).device]
+                "--runtime", formats.by_suffix(artifact).device,
+                *[a for key, value in settings["session_config"].items() for a in ("--session-config", f"{key}={value}")]]
         if entry is not None:
             (workdir / "io.json").write_text(json.dumps({"inputs": [s.to_dict() for s in entry.inputs],
                                                          "outputs": [s.to_dict() for s in entry.outputs]}))

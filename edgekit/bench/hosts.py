@@ -22,7 +22,8 @@ from ..targets import Bench, check_runner, ssh_address
 
 CACHE = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
 DEVICE_SIDE = Path(__file__).resolve().parents[1] / "device"
-RUNNER, METER = DEVICE_SIDE / "runner.py", DEVICE_SIDE / "meter.py"  # what a device runs: copied beside the model
+# What a device runs, copied beside the model: the runner, its CPU reader and its energy meter.
+DEVICE_FILES = tuple(DEVICE_SIDE / name for name in ("runner.py", "cpu.py", "meter.py"))
 
 
 class Host(ABC):

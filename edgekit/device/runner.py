@@ -8,9 +8,10 @@ container and run there without edgekit.
 
     python runner.py model.onnx --inputs inputs.npz --out result.npz --json result.json \
         [--io io.json] [--threads N] [--warmup N] [--runs N] [--providers XnnpackExecutionProvider,CPUExecutionProvider]
-        [--energy]
+        [--session-config KEY=VALUE ...] [--energy]
 
-With --energy it also measures joules per inference from the board's power monitors, through meter.py beside it.
+With --energy it also measures joules per inference from the board's power monitors, through meter.py beside it;
+cpu.py beside it reads the CPU's flags.
 """
 import argparse
 import importlib
@@ -23,37 +24,18 @@ import time
 
 import numpy as np
 
-ISA_FEATURES = {
-    "x86": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_tile", "amx_int8"),
-    "arm": ("asimd", "asimddp", "asimdhp", "i8mm", "sve", "bf16"),  # NEON, dotprod, fp16 arithmetic
-}
-ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
-             "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78", "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2"}
 ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 
 
 def machine_info():
-    info = {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
-            "cpu_model": platform.processor() or None, "isa": {}}
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return info
-    fields = {}  # first occurrence of each key: the first core describes the machine well enough
-    for line in lines:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
-    flags = set((fields.get("flags") or fields.get("features") or "").split())
-    family = "x86" if "flags" in fields else "arm"
-    info["isa"] = {name: name in flags for name in ISA_FEATURES[family]}
-    part = fields.get("cpu part")
-    info["cpu_model"] = (fields.get("model name") or fields.get("hardware")
-                         or (part and ARM_PARTS.get(part, f"ARM part {part}")) or info["cpu_model"])
-    return info
+    """The CPU as this process sees it (cpu.py beside this file: CPUID on x86, HWCAP on ARM Linux)."""
+    if __package__:  # imported from edgekit
+        from .cpu import cpu_info
+    else:  # run as a script: cpu.py is copied beside it
+        from cpu import cpu_info
+    return {**cpu_info(), "system": platform.system(), "cpu_count": os.cpu_count()}
 
 
 def package_version(*names):
@@ -67,18 +49,21 @@ def package_version(*names):
 
 
 class OnnxModel:
-    def __init__(self, path, threads, providers):
+    def __init__(self, path, threads, providers, session_config=()):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        for key, value in session_config:
+            opts.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         options = [{"intra_op_num_threads": threads} if p == "XnnpackExecutionProvider" and threads else {}
                    for p in chosen]
         self.session = ort.InferenceSession(path, opts, providers=chosen, provider_options=options)
         self.runtime = {"name": "onnxruntime", "version": ort.__version__, "requested": providers,
-                        "available": available, "used": self.session.get_providers()[0]}
+                        "available": available, "used": self.session.get_providers()[0],
+                        "session_config": dict(session_config)}
         self.inputs = self.session.get_inputs()
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -383,6 +368,8 @@ def main(argv=None):
                    help="ONNX Runtime providers in order of preference; missing ones are skipped")
     p.add_argument("--runtime", choices=sorted(set(SUFFIX_RUNTIMES.values())),
                    help="what runs the file (edgekit's bench names it); default: by its suffix")
+    p.add_argument("--session-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an ONNX Runtime session config entry (repeatable), e.g. session.x64quantprecision=1")
     p.add_argument("--energy", action="store_true", help="also measure joules per inference (meter.py beside this "
                                                          "file reads the board's power monitors)")
     args = p.parse_args(argv)
@@ -395,7 +382,8 @@ def main(argv=None):
     if runtime is None:
         raise SystemExit(f"unsupported artifact {args.model}: expected {', '.join(SUFFIX_RUNTIMES)}, or --runtime")
     if runtime == "onnxruntime":
-        model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","))
+        config = [entry.partition("=")[::2] for entry in args.session_config]
+        model, load_ms = timed(OnnxModel, args.model, args.threads, args.providers.split(","), config)
     else:
         model, load_ms = timed(TfliteModel if runtime == "litert" else PteModel, args.model, args.threads, io)
 
