@@ -61,8 +61,8 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
         else:
             checked = verify(path, entry.format, runtime, (entry.inputs, entry.outputs), inputs, reference,
                              judged_by(manifest, entry, target), labels, manifest.output_kinds)
-            parity, kernels = checked.parity, checked.runtime["kernels"]
-            paths = kernel_paths(entry, kernels)
+            parity, kernels = checked.parity, checked.runtime.get("kernels")
+            paths = kernels and kernel_paths(entry, kernels)
             if paths:
                 differing.setdefault(paths, []).append(entry.name)
         size = path.stat().st_size if path.is_file() else 0

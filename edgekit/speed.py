@@ -70,7 +70,7 @@ def compare_with_fp32(entries: list[ArtifactEntry], compression: dict[str, Any] 
             for record in entry.benchmarks:
                 if record["runner"] in theirs:
                     _mark([record], theirs[record["runner"]], sibling.name,
-                          lambda r: why_slower(entry, sibling, r["machine"]))
+                          lambda r: why_slower(entry, sibling, r["machine"], session_config(r.get("runtime"))))
 
 
 def _mark(records: list[dict[str, Any]], other: dict[str, Any], sibling: str, why) -> None:
@@ -113,10 +113,23 @@ def simd_floats(isa: dict[str, bool]) -> int | None:
     return 4 if isa.get("asimd") else None
 
 
-def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, Any]) -> str:
+def session_config(runtime: Any) -> dict[str, Any]:
+    """The ONNX Runtime session entries a timing ran with: the build's (runtime.kernels) or the device runner's."""
+    runtime = runtime if isinstance(runtime, dict) else {}
+    config = (runtime.get("kernels") or {}).get("session_config", runtime.get("session_config"))
+    return config if isinstance(config, dict) else {}
+
+
+def why_slower(entry: ArtifactEntry, sibling: ArtifactEntry, machine: dict[str, Any],
+               config: dict[str, Any] | None = None) -> str:
     """What explains it, from what the build recorded: ops the delegate left out that it took in the fp32
-    file, and the CPU features reduced precision needs."""
+    file, the CPU features reduced precision needs, and kernels chosen to compute INT8 as the target does."""
+    from .int8_kernels import PRECISION_OPTION
+
     reasons = []
+    if (config or {}).get(PRECISION_OPTION) == "1":
+        reasons.append(f"ONNX Runtime ran it with {PRECISION_OPTION}=1, its slower exact U8U8 kernels, so that "
+                       f"this CPU adds INT8 products in int32 as the target's CPUs do")
     delegation = entry.details.get("delegation", {})
     left = delegation.get("fallback_ops", {})
     extra = {op: n for op, n in left.items() if op not in sibling.details.get("delegation", {}).get("fallback_ops", {})}

@@ -11,6 +11,7 @@ import torch
 from conftest import TESTS
 from edgekit import example
 from edgekit.data import Dataset
+from edgekit.int8_kernels import exact_session_config
 from edgekit.layerwise import Budget, Evaluator, layer_sensitivity, plan_float_fallback
 from edgekit.parity import accuracy, output_metrics
 from edgekit.precision_plan import make_plan
@@ -30,7 +31,10 @@ def run(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     model = onnx.load(str(model.path)) if isinstance(model, Artifact) else model
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    for key, value in exact_session_config().items():  # INT8 added in int32 on any host, as ARM does
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     count = len(next(iter(inputs.values())))
     runs = [session.run(None, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
     return {o.name: np.concatenate([r[j] for r in runs]) for j, o in enumerate(session.get_outputs())}

@@ -15,7 +15,7 @@ import pytest
 import zoo
 from conftest import TESTS, read_manifest, run_cli
 from edgekit import package, targets
-from edgekit.bench import _record, _run
+from edgekit.bench import _record, _run, _settings
 from edgekit.bench.hosts import NativeHost
 from edgekit.runners import open_runner, run_dataset
 
@@ -97,8 +97,7 @@ def test_host_and_device_outputs_are_identical(built, name, file):
     path = folder / file
 
     host = run_dataset(open_runner(path, entry.format, target.runtime, (entry.inputs, entry.outputs)), inputs)
-    settings = {"runs": 1, "warmup": 1, "threads": 1, "providers": target.runtime.onnxruntime_providers,
-                "energy": False}
+    settings = _settings(NativeHost(), target, 1, 1, 1, False)  # INT8 computed as the host runner does it
     report, device = _run(NativeHost(), path, inputs, settings, entry)
 
     assert list(host) == list(device) == list(reference)  # the reference's names, in its order

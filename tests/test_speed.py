@@ -9,6 +9,7 @@ import platform
 import pytest
 
 from conftest import read_manifest
+from edgekit.int8_kernels import PRECISION_OPTION
 from edgekit.manifest import Manifest
 from edgekit.report import slower_lines, summary_table
 from edgekit.speed import MIN_RUNS, RUNS, compare_with_fp32
@@ -44,10 +45,10 @@ def test_the_dynamic_range_tflite_is_said_slower_and_why(example_build):
         summary_table(list(built.values()), [])
 
 
-def _timed(manifest: Manifest, file: str, p50: float, machine: dict) -> None:
+def _timed(manifest: Manifest, file: str, p50: float, machine: dict, runtime: dict | None = None) -> None:
     entry = next(e for e in manifest.artifacts if e.name == file)
     entry.benchmarks = [{"runner": "ssh://pi@board", "kind": "device", "where": "a board", "machine": machine,
-                         "latency_ms": {"p50": p50}}]
+                         "latency_ms": {"p50": p50}, **({"runtime": runtime} if runtime else {})}]
 
 
 @pytest.mark.parametrize(("machine", "file", "cause"), [
@@ -112,3 +113,16 @@ def test_a_compressed_model_slower_than_the_original_is_said_so_and_why(example_
     fp32.benchmarks[0]["latency_ms"]["p50"] = 0.6  # faster: nothing to say
     compare_with_fp32(manifest.artifacts, compression)
     assert "slower_than_fp32" not in fp32.benchmarks[0]
+
+
+def test_an_int8_file_timed_with_the_exact_kernels_says_so(example_build):
+    """On an x86 host without VNNI an arm64 INT8 ONNX file runs with ONNX Runtime's exact U8U8 kernels (as ARM adds
+    in int32): that is slower than the default kernels, and its record says so instead of blaming INT8."""
+    document = json.loads((example_build / "arm64" / "manifest.json").read_text())
+    manifest = Manifest.from_dict(copy.deepcopy(document), "manifest.json")
+    machine = {"cpu_model": "old x86", "isa": {"avx2": True, "avx512_vnni": False, "avx_vnni": False}}
+    _timed(manifest, "model.fp32.onnx", 1.0, machine)
+    _timed(manifest, "model.int8.onnx", 1.5, machine, {"kernels": {"session_config": {PRECISION_OPTION: "1"}}})
+    compare_with_fp32(manifest.artifacts)
+    (record,) = next(e for e in manifest.artifacts if e.name == "model.int8.onnx").benchmarks
+    assert record["slower_than_fp32"]["why"].startswith(f"ONNX Runtime ran it with {PRECISION_OPTION}=1")

@@ -54,16 +54,26 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        refused = None
         for key, value in session_config:
             opts.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         options = [{"intra_op_num_threads": threads} if p == "XnnpackExecutionProvider" and threads else {}
                    for p in chosen]
-        self.session = ort.InferenceSession(path, opts, providers=chosen, provider_options=options)
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=chosen, provider_options=options)
+        except ort.capi.onnxruntime_pybind11_state.Fail as err:  # a graph these entries' rewrite breaks
+            if not session_config:
+                raise
+            refused, session_config = str(err).splitlines()[0][:200], ()
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(path, opts, providers=chosen, provider_options=options)
         self.runtime = {"name": "onnxruntime", "version": ort.__version__, "requested": providers,
                         "available": available, "used": self.session.get_providers()[0],
-                        "session_config": dict(session_config)}
+                        "session_config": dict(session_config), "session_config_refused": refused}
         self.inputs = self.session.get_inputs()
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..int8_kernels import exact_session_config
+from ..runners.onnxrt import exact_session
 
 
 @dataclass
@@ -163,11 +164,13 @@ def capture_onnx(model, inputs: dict[str, np.ndarray]) -> Capture:
     for name in wanted:
         if name not in present:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    for key, value in exact_session_config().items():
-        options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    def options():
+        made = ort.SessionOptions()
+        made.log_severity_level = 3
+        return made
+
+    session = exact_session(options, exact_session_config(), lambda o: ort.InferenceSession(
+        probe.SerializeToString(), o, providers=["CPUExecutionProvider"]))[0]
     names = [o.name for o in session.get_outputs() if o.name in wanted]
     first = session.get_inputs()[0].shape[0]
     batch = first if isinstance(first, int) and first > 0 else 32

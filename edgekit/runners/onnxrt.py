@@ -46,15 +46,9 @@ class OnnxRuntimeRunner(Runner):
 
         installed = ort.get_available_providers()
         chosen = [p for p in providers if p in installed] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session_config = dict(session_config or {})
-        for key, value in self.session_config.items():
-            options.add_session_config_entry(key, value)
-        self.path, self.options, self.chosen = path, options, chosen
-        self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        self.path, self.chosen = path, chosen
+        self.session, self.options, self.session_config, self.config_refused = exact_session(
+            lambda: _options(threads), session_config or {}, lambda o: ort.InferenceSession(str(path), o, providers=chosen))
         self.sample: dict[str, np.ndarray] | None = None  # the first batch run, for delegation()
         self.requested = list(providers)
         self.threads = threads
@@ -73,7 +67,8 @@ class OnnxRuntimeRunner(Runner):
 
         return {"engine": "onnxruntime", "version": self.version, "provider": self.session.get_providers()[0],
                 "requested_providers": self.requested, "threads": self.threads,
-                "kernels": onnxruntime_kernels(self.session_config)}
+                "kernels": {**onnxruntime_kernels(self.session_config),
+                            **({"session_config_refused": self.config_refused} if self.config_refused else {})}}
 
     def delegation(self) -> dict[str, Any] | None:
         """Nodes per execution provider: the first batch again, in a session of its own that profiles it (each
@@ -93,6 +88,36 @@ class OnnxRuntimeRunner(Runner):
             finally:
                 self.options.enable_profiling = False
         return _placement(events, self.session.get_providers()[0])
+
+
+def _options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def exact_session(make_options, config: dict[str, str], open_session):
+    """A session opened with `config` (int8_kernels.session_config), or, where ONNX Runtime refuses the graph
+    under it (its S8-to-U8 weight rewrite fails on some graphs, e.g. weights shared between nodes), without it:
+    (session, its options, the entries it has, why the others were refused or None)."""
+    from . import runtime_errors
+
+    if config:
+        options = make_options()
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
+        try:
+            return open_session(options), options, dict(config), None
+        except runtime_errors() as err:
+            refused = f"{', '.join(f'{k}={v}' for k, v in config.items())} refused: {first_line(err)[:200]}"
+    else:
+        refused = None
+    options = make_options()
+    return open_session(options), options, {}, refused
 
 
 def _placement(events: list[dict[str, Any]], preferred: str) -> dict[str, Any]:
