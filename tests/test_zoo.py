@@ -33,9 +33,9 @@ KNOWN_LIMITS = {
     # TensorFlow's calibrator crashes on the BiLSTM's WHILE loop: the float TFLite files are still made.
     ("text_recognizer_lstm", "arm64"): {"failure": "crashed (signal SIGSEGV)"},
     # The plan cannot name the attention's functional ops to the XNNPACK quantizer: its INT8 program stays
-    # just under the per-step top-1 limit (0.967 against 0.97) where the ONNX and TFLite INT8 pass.
-    **{("text_recognizer", target): {"model.int8.pte": "top1_agreement (output) = 0.96"}
-       for target in ("arm64", "x86_64")},
+    # just under the per-step top-1 limit (0.967 against 0.97) where the ONNX and TFLite INT8 pass. For x86_64
+    # the plan searched with int32 INT8 kernels (any host) keeps enough float for the program to pass.
+    ("text_recognizer", "arm64"): {"model.int8.pte": "top1_agreement (output) = 0.96"},
 }
 CASES = [(name, target) for name in zoo.FAMILIES for target in ARTIFACTS]
 
