@@ -131,7 +131,8 @@ def build(recipe: Recipe, progress: Progress, profiles: list[Target] | None = No
         with progress.step("prune, share weights and recover" if recipe.cluster else "prune and recover"):
             source, pruning = _prune(source, data, recipe, profiles)
     with progress.step(f"reference outputs on {len(data.evaluation)} held-out samples"):
-        reference, engine = _reference_outputs(source, data.evaluation.inputs)
+        reference, engine = _reference_outputs(source, data.evaluation.inputs,
+                                               f"the held-out data ({data.evaluation.source})")
     package.create_folder(out)
     results = []
     hubs = tempfile.TemporaryDirectory(prefix="edgekit-hub-")
@@ -244,8 +245,9 @@ def _prune(source: SourceModel, data: BuildData, recipe: Recipe, profiles: list[
     return pruned, result.report
 
 
-def _reference_outputs(source: SourceModel, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
-                                                                                    dict[str, Any]]:
+def _reference_outputs(source: SourceModel, inputs: dict[str, np.ndarray], where: str = "the held-out data"
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The source model's outputs on `inputs` (`where`: what they are, for the error) and what ran it."""
     try:
         if source.kind == "torch":
             from .runners.torch_runner import TorchRunner
@@ -259,12 +261,12 @@ def _reference_outputs(source: SourceModel, inputs: dict[str, np.ndarray]) -> tu
     except Exception as err:  # the user's model (its forward, or its graph in ONNX Runtime) may raise anything
         engine = "PyTorch" if source.kind == "torch" else "ONNX Runtime"
         detail = first_line(err)
-        raise UserError(f"{engine} cannot run the source model {source.reference} on the held-out data: "
+        raise UserError(f"{engine} cannot run the source model {source.reference} on {where}: "
                         f"{detail[-300:]}") from None
     for name, value in outputs.items():
         if not np.isfinite(value).all():
-            raise UserError(f"the source model itself outputs NaN/Inf for '{name}' on the held-out data "
-                            f"({data.evaluation.source}): fix the model or the data's preprocessing")
+            raise UserError(f"the source model itself outputs NaN/Inf for '{name}' on {where}: fix the model or "
+                            f"the data's preprocessing")
     return outputs, runner.describe()
 
 

@@ -64,6 +64,18 @@ def test_onnx_with_an_operator_onnx_does_not_define(tmp_path, capsys):
                       "re-export")
 
 
+def test_source_model_that_outputs_nan_on_the_held_out_data(tmp_path, capsys):
+    """Log of random (partly negative) inputs: the reference itself is NaN, so nothing can be judged against it."""
+    from onnx import TensorProto, helper, save
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"], name="log")], "g", io[:1], io[1:])
+    path = tmp_path / "nan.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code = run_cli("build", path, "--out", tmp_path / "out", "--quiet", "--random-calib")
+    assert_user_error(capsys, tmp_path / "out", code, "outputs NaN/Inf for 'y'", "held-out data", "preprocessing")
+
+
 def test_pickle_that_needs_code_execution_is_refused_not_run(tmp_path, capsys):
     marker = tmp_path / "code-was-executed"
     weights = tmp_path / "evil.pt"
