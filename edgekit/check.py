@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import package, targets
+from .error_split import ConversionJudge, float32_first
 from .manifest import ArtifactEntry, Failure, Manifest
 from .parity import ParityResult
 from .targets import Runtime, Target, Tolerance
@@ -49,9 +50,10 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
     evidence_problem = _evidence_problem(manifest, hashes)
     if evidence_problem is None:
         inputs, labels, reference = package.read_parity_data(folder, manifest.input_names)
-    records, differing = [], {}
-    for entry in manifest.artifacts:
+    verdicts, differing, conversions = {}, {}, ConversionJudge()
+    for entry in float32_first(manifest.artifacts, lambda e: e.precision):
         path = package.inside(folder, entry.name, "artifacts[].file")
+        outputs = {}
         if evidence_problem:
             parity = ParityResult(error=evidence_problem)
         elif hashes[entry.name] == "missing":
@@ -61,10 +63,15 @@ def check(folder: Path, profile: str | None = None, recorded_tolerances: bool = 
         else:
             checked = verify(path, entry.format, runtime, (entry.inputs, entry.outputs), inputs, reference,
                              judged_by(manifest, entry, target), labels, manifest.output_kinds)
-            parity, kernels = checked.parity, checked.runtime.get("kernels")
+            parity, outputs, kernels = checked.parity, checked.values, checked.runtime.get("kernels")
             paths = kernels and kernel_paths(entry, kernels)
             if paths:
                 differing.setdefault(paths, []).append(entry.name)
+        conversions.add(entry.name, entry.format, entry.precision, parity, outputs)
+        verdicts[entry.name] = path, parity
+    records = []
+    for entry in manifest.artifacts:  # in the manifest's order
+        path, parity = verdicts[entry.name]
         size = path.stat().st_size if path.is_file() else 0
         records.append({"file": entry.name, "bytes": size, "precision": entry.precision,
                         "parity": {**parity.to_dict(), "failures": parity.failures()}})

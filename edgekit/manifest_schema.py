@@ -18,8 +18,8 @@ FILE_RECORD = {"type": "object", "required": ["file", "sha256", "bytes"],
 LIMIT = {"type": ["number", "null"]}
 TOLERANCE = {"type": "object", "additionalProperties": False,
              "properties": {key: LIMIT for key in ("max_abs_error", "max_rel_error", "max_mean_abs_error", "min_cosine",
-                                                   "min_snr_db", "min_top1_agreement", "min_iou",
-                                                   "max_accuracy_drop")}}
+                                                   "min_snr_db", "min_worst_sample_snr_db", "min_top1_agreement",
+                                                   "min_iou", "min_worst_sample_iou", "max_accuracy_drop")}}
 TENSOR = {"type": "object", "required": ["name", "shape"], "additionalProperties": False,
           "properties": {"name": {"type": "string", "minLength": 1},
                          "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},

@@ -17,9 +17,16 @@ from .targets import Tolerance
 # (metric, the Tolerance field that limits it, whether the limit is an upper or lower bound)
 OUTPUT_LIMITS = [("max_abs_error", "max_abs_error", "max"), ("max_rel_error", "max_rel_error", "max"),
                  ("mean_abs_error", "max_mean_abs_error", "max"), ("cosine", "min_cosine", "min"),
-                 ("snr_db", "min_snr_db", "min"), ("top1_agreement", "min_top1_agreement", "min"),
-                 ("iou", "min_iou", "min")]
+                 ("snr_db", "min_snr_db", "min"), ("worst_sample_snr_db", "min_worst_sample_snr_db", "min"),
+                 ("top1_agreement", "min_top1_agreement", "min"), ("iou", "min_iou", "min"),
+                 ("worst_sample_iou", "min_worst_sample_iou", "min")]
 PROBABILITY_THRESHOLD = 0.5
+# A sample whose own reference is nearly silent is judged against this fraction of the mean sample's power:
+# its SNR against its own (near-zero) power would fail any correct file on rounding noise.
+SILENT_SAMPLE_POWER = 1e-3
+# A sample's map enters the worst-sample IoU when the union of its two thresholded maps has at least this
+# many elements: on fewer, one flipped element moves its IoU by more than 6 %.
+MIN_IOU_AREA = 16
 
 
 @dataclass
@@ -49,6 +56,8 @@ class ParityResult:
     reference_accuracy: float | None = None
     samples: int = 0
     error: str | None = None  # the artifact could not be run or verified at all
+    # A reduced-precision file's error, split between its format's conversion and its precision (error_split)
+    error_split: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -65,7 +74,8 @@ class ParityResult:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "samples": self.samples, "outputs": self.outputs,
                 "checks": [c.to_dict() for c in self.checks], "accuracy": self.accuracy,
-                "reference_accuracy": self.reference_accuracy, "error": self.error}
+                "reference_accuracy": self.reference_accuracy, "error": self.error,
+                **({"error_split": self.error_split} if self.error_split else {})}
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -94,23 +104,38 @@ def output_metrics(reference: np.ndarray, actual: np.ndarray, kind: OutputKind |
     out = actual.astype(np.float64).reshape(len(actual), -1)
     error = np.abs(out - ref)
     scale = float(np.abs(ref).max()) or 1.0
-    noise = float((error ** 2).sum())
     cosines = sample_cosines(ref, out)
+    signal, noise = (ref ** 2).sum(axis=1), ((out - ref) ** 2).sum(axis=1)
     metrics = {
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),
         "max_rel_error": float(error.max()) / scale,
         "cosine": float(cosines.mean()),
         "worst_sample_cosine": float(cosines.min()),
-        "snr_db": math.inf if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise)),
+        "snr_db": snr_db(signal.sum(), noise.sum()),
+        "worst_sample_snr_db": min(snr_db(power, sample_noise) for power, sample_noise
+                                   in zip(np.maximum(signal, SILENT_SAMPLE_POWER * signal.mean()), noise)),
     }
     if kind.class_axis is not None and reference.shape[kind.class_axis] > 1:
         metrics["top1_agreement"] = float((reference.argmax(kind.class_axis) == actual.argmax(kind.class_axis)).mean())
     if kind.kind == "probability":
-        ref_on, out_on = reference > PROBABILITY_THRESHOLD, actual > PROBABILITY_THRESHOLD
-        union = int((ref_on | out_on).sum())
-        metrics["iou"] = float((ref_on & out_on).sum() / union) if union else 1.0
+        ref_on, out_on = ref > PROBABILITY_THRESHOLD, out > PROBABILITY_THRESHOLD
+        union, overlap = (ref_on | out_on).sum(axis=1), (ref_on & out_on).sum(axis=1)
+        metrics["iou"] = float(overlap.sum() / union.sum()) if union.sum() else 1.0
+        judged = union >= MIN_IOU_AREA
+        metrics["worst_sample_iou"] = float((overlap[judged] / union[judged]).min()) if judged.any() else 1.0
     return metrics
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """Signal over noise power in dB; noise that overflows (an fp16 layer out of range) or drowns the signal is
+    -inf, a NaN output stays NaN (and fails its check)."""
+    if noise == 0:
+        return math.inf
+    ratio = float(signal / noise)
+    if ratio > 0:
+        return 10 * math.log10(ratio)
+    return ratio if math.isnan(ratio) else -math.inf
 
 
 def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray],

@@ -16,6 +16,7 @@ import numpy as np
 from . import __version__, formats, package, resources, sources, targets
 from .data import BuildData, load_build_data
 from .energy import estimate_all as estimate_energy
+from .error_split import ConversionJudge, float32_first
 from .errors import UserError, first_line
 from .gpu import gpu_status, require_gpu, trtexec_command, verified_on
 from .html_report import write_report
@@ -34,8 +35,8 @@ from .cache import StageCache, dataset_hash, default_root, model_fingerprint
 from .stages import Artifact, StageContext, validate_order
 from .stages.export_onnx import EXPORT_VERSION, export_onnx
 from .stages.runner import StageRunner
-from .targets import Target
-from .verify import verify
+from .targets import Target, Tolerance
+from .verify import Verification, verify
 
 
 LAYERWISE_SAMPLES = 16  # held-out samples for the per-layer SNR every build records, at most
@@ -408,10 +409,14 @@ def _build_target(shared: BuildInputs, target: Target, folder: Path, progress: P
 
     artifacts, runner, context, kinds = _make_artifacts(shared, target, folder, timings, label, capture_made)
     evaluation = shared.data.evaluation
-    entries = []
-    for artifact in artifacts:
+    verified, conversions = {}, ConversionJudge()
+    for artifact in float32_first(artifacts, lambda a: a.precision):
         with timings.step(f"{label} parity and host latency of {artifact.path.name} on {len(evaluation)} samples"):
-            entries.append(_artifact_entry(folder, artifact, target, shared, gpu, kinds))
+            checked = verified[artifact.path.name] = _verified(artifact, target, shared, kinds)
+        conversions.add(artifact.path.name, artifact.format, artifact.precision, checked.parity, checked.values)
+        checked.values = {}
+    entries = [_artifact_entry(folder, artifact, target, shared, gpu, kinds, verified[artifact.path.name])
+               for artifact in artifacts]
     compression = shared.pruning and {**shared.pruning,
                                        "original_host_latency": _original_timing(shared, target, entries,
                                                                                  timings, label)}
@@ -494,13 +499,20 @@ def _layerwise(folder: Path, manifest: Manifest, cache: StageCache, inputs: dict
             "threshold_db": result["threshold_db"], "coverage": result["coverage"]}
 
 
-def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
-                    gpu: dict[str, Any] | None, kinds: dict[str, OutputKind]) -> ArtifactEntry:
-    tolerance = target.tolerance(artifact.precision)
-    per_output = {name: target.output_tolerance(artifact.precision, name, kind.kind) for name, kind in kinds.items()}
+def _output_limits(target: Target, precision: str, kinds: dict[str, OutputKind]) -> dict[str, Tolerance]:
+    return {name: target.output_tolerance(precision, name, kind.kind) for name, kind in kinds.items()}
+
+
+def _verified(artifact: Artifact, target: Target, shared: BuildInputs, kinds: dict[str, OutputKind]) -> Verification:
     evaluation = shared.data.evaluation
-    checked = verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs,
-                     shared.reference, per_output, evaluation.labels, kinds, timed=True)
+    return verify(artifact.path, artifact.format, target.runtime, artifact.io, evaluation.inputs, shared.reference,
+                  _output_limits(target, artifact.precision, kinds), evaluation.labels, kinds, timed=True)
+
+
+def _artifact_entry(folder: Path, artifact: Artifact, target: Target, shared: BuildInputs,
+                    gpu: dict[str, Any] | None, kinds: dict[str, OutputKind], checked: Verification) -> ArtifactEntry:
+    tolerance = target.tolerance(artifact.precision)
+    per_output = _output_limits(target, artifact.precision, kinds)
     entry = ArtifactEntry(
         package.file_record(folder, artifact.path.name), artifact.format, artifact.precision, checked.inputs,
         checked.outputs, dataclasses.asdict(tolerance),

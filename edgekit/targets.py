@@ -25,6 +25,7 @@ SSH_ADDRESS = re.compile(rf"ssh://(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{{0,31}}
                          rf"(?::(?P<port>[0-9]{{1,5}}))?")
 LOCAL_RUNNERS = ("native", "docker", "qemu")
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+DEFAULT_LIMITS = PROFILE_DIR / "defaults" / "tolerances.yaml"  # what every profile's parity limits start from
 Precision = Literal["fp32", "fp16", "int8"]
 QuantType = Literal["int8", "uint8"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -54,9 +55,11 @@ class Tolerance:
     max_rel_error: float | None = None
     max_mean_abs_error: float | None = None
     min_cosine: float | None = None
-    min_snr_db: float | None = None
+    min_snr_db: float | None = None  # pooled over the held-out samples
+    min_worst_sample_snr_db: float | None = None  # the held-out sample with the lowest SNR
     min_top1_agreement: float | None = None
-    min_iou: float | None = None  # probability maps thresholded at 0.5
+    min_iou: float | None = None  # probability maps thresholded at 0.5, pooled over the held-out samples
+    min_worst_sample_iou: float | None = None  # the held-out sample whose map has the lowest IoU
     max_accuracy_drop: float | None = None  # percentage points, when labels are known
 
 
@@ -288,7 +291,7 @@ def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
         raise UserError(f"{source}: a target profile must be a mapping of keys to values")
     parent = data.get("extends")
     if parent is None:
-        return data, source
+        return schema.deep_merge(yaml.safe_load(DEFAULT_LIMITS.read_text()), data), source
     # A sibling file of that name, else the built-in one: a local arm64.yaml may extend the built-in arm64.
     base_path = path.parent / f"{parent}.yaml"
     sibling = base_path.is_file() and base_path.resolve() != path.resolve()

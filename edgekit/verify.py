@@ -29,6 +29,7 @@ class Verification:
     outputs: list[TensorSpec] = field(default_factory=list)
     delegation: dict[str, Any] | None = None  # what its delegate or execution provider took (Runner.delegation)
     timing: dict[str, Any] | None = None  # host latency of one batch (speed.host_timing), when asked for
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # its outputs on the held-out inputs
 
 
 def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[TensorSpec], list[TensorSpec]] | None,
@@ -48,7 +49,7 @@ def verify(path: Path, artifact_format: str, runtime: Runtime, io: tuple[list[Te
         parity.checks.append(saturation)
     described = runner.describe()
     checked = Verification(parity, {**described, "kernels": described.get("kernels") or host_record()},
-                           runner.inputs, runner.outputs)
+                           runner.inputs, runner.outputs, values=outputs)
     try:  # measurements beside the verdict: when one fails, the artifact keeps its verdict and goes without it
         checked.delegation = runner.delegation()
         checked.timing = host_timing(runner, inputs) if timed else None

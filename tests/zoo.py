@@ -429,6 +429,38 @@ def face_detector() -> nn.Module:
     return _calibrate(model, (_image_batch(model.input_shape, 64)[0],), heads)
 
 
+class RNet(nn.Module):
+    """MTCNN R-Net (the refinement stage of the MTCNN face detector), 1x3x24x24 face crop: PReLU, ceil-mode max
+    pools, a permute(0, 3, 2, 1) before view(N, -1), then two Linear heads: boxes (1, 4) and face/no-face (1, 2)
+    Softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 28, 3), nn.PReLU(28), nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(28, 48, 3), nn.PReLU(48), nn.MaxPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(48, 64, 2), nn.PReLU(64))
+        self.dense, self.prelu = nn.Linear(576, 128), nn.PReLU(128)
+        self.boxes, self.faces = nn.Linear(128, 4), nn.Linear(128, 2)
+
+    def forward(self, x):
+        x = self.features(x).permute(0, 3, 2, 1).contiguous()
+        x = self.prelu(self.dense(x.view(x.shape[0], -1)))
+        return self.boxes(x), torch.softmax(self.faces(x), dim=1)
+
+
+def rnet() -> nn.Module:
+    """R-Net with data-driven weights: PReLU slopes spread like the published ones (0-0.5), box offsets of
+    std 0.2 (values span about +-0.6, as on real crops), face logits of std 3 (confident Softmax)."""
+    torch.manual_seed(24)
+    model = RNet()
+    model.input_shape = (1, 3, 24, 24)
+    for prelu in model.modules():
+        if isinstance(prelu, nn.PReLU):
+            nn.init.uniform_(prelu.weight, 0.0, 0.5)
+    return _calibrate(model, (_image_batch(model.input_shape)[0],), [(model.dense, 1.0), (model.boxes, 0.2), (model.faces, 3.0)]).eval()
+
+
 # ---- 7: text recognizer -----------------------------------------------------------------------------
 
 TEXT_SHAPE = (1, 1, 32, 128)

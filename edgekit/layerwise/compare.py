@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..parity import cosines_from_sums
+from ..parity import cosines_from_sums, snr_db
 from .capture import Capture
 
 
@@ -44,28 +44,18 @@ def layer_metrics(reference: np.ndarray, actual: np.ndarray) -> tuple[float, flo
     axes = list(range(ref.ndim))  # sample, channel, the rest
     signal_sums = np.einsum(ref, axes, ref, axes, [0, 1], dtype=np.float64)
     noise_sums = np.einsum(noise, axes, noise, axes, [0, 1], dtype=np.float64)
-    snr = _snr(float(signal_sums.sum()), float(noise_sums.sum()))
+    snr = snr_db(float(signal_sums.sum()), float(noise_sums.sum()))
     if reference.ndim < 2:
         channel = snr
     else:
         live = (ref != 0).any(axis=tuple(axis for axis in axes if axis != 1))
-        channels = [_snr(signal, noise) for signal, noise in
+        channels = [snr_db(signal, noise) for signal, noise in
                     zip(signal_sums.sum(axis=0)[live], noise_sums.sum(axis=0)[live])]
         channel = float(np.median(channels)) if channels else math.inf
     dot = np.einsum(ref, axes, out, axes, [0], dtype=np.float64)
     out_squares = np.einsum(out, axes, out, axes, [0], dtype=np.float64)
     cosine = float(cosines_from_sums(dot, signal_sums.sum(axis=1), out_squares).mean())
     return snr, channel, cosine, float(np.abs(noise).max()) if ref.size else 0.0
-
-
-def _snr(signal: float, noise: float) -> float:
-    """In dB; noise that overflows (an fp16 layer out of range) or drowns the signal is -inf."""
-    if noise == 0:
-        return math.inf
-    ratio = signal / noise
-    if ratio > 0:
-        return 10 * math.log10(ratio)
-    return ratio if math.isnan(ratio) else -math.inf  # NaN (a NaN output) stays NaN
 
 
 def compare_layers(reference: Capture, candidate: Capture, mapping: dict[str, str]) -> list[LayerRow]:

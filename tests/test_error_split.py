@@ -1,0 +1,74 @@
+"""A reduced-precision file is judged on its format's conversion as well as on its precision.
+
+The MTCNN R-Net pattern (PReLU, ceil-mode pools, permute + view, a box head and a Softmax head): its dynamic-range
+TFLite file is made from the same onnx2tf graph as its float32 TFLite file, so when that float32 file fails, the
+quantized one fails too, and every record splits the error between the conversion and the precision.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from conftest import read_manifest, run_cli
+
+pytestmark = pytest.mark.slow
+PROFILE = ("extends: arm64\ndescription: R-Net on ONNX and TFLite\nformats: [onnx, tflite]\n"
+           "onnx: {precisions: [fp32, int8]}\ntflite: {precisions: [fp32, dynamic_int8]}\n")
+
+
+@pytest.fixture(scope="module")
+def rnet_build(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rnet")
+    model = zoo.rnet()
+    source = folder / "rnet.onnx"
+    torch.onnx.export(model, (torch.zeros(model.input_shape),), str(source), input_names=["input"],
+                      output_names=["boxes", "faces"], opset_version=17, dynamo=False)
+    for name, seed, count in (("calib", 0, 128), ("eval", 1, 64)):
+        np.savez(folder / f"{name}.npz", input=zoo.images(model.input_shape, count, seed))
+    (folder / "rnet.yaml").write_text(PROFILE)
+    code = run_cli("build", source, "--calib", folder / "calib.npz", "--eval", folder / "eval.npz",
+                   "--target", folder / "rnet.yaml", "--out", folder / "out", "--quiet")
+    return code, folder
+
+
+def test_every_reduced_file_records_whose_error_is_whose(rnet_build):
+    code, folder = rnet_build
+    artifacts = {a["file"]: a for a in read_manifest(folder / "out" / "rnet")["artifacts"]}
+    assert code == 0 and all(a["parity"]["passed"] for a in artifacts.values())
+    for reduced, float32 in (("model.int8.onnx", "model.fp32.onnx"), ("model.dynamic_int8.tflite", "model.fp32.tflite")):
+        split = artifacts[reduced]["parity"]["error_split"]
+        assert split["float32_file"] == float32
+        for name, shares in split["outputs"].items():
+            # the conversion's share is the float32 file's own SNR; the precision's is this file against it
+            assert shares["conversion_snr_db"] == artifacts[float32]["parity"]["outputs"][name]["snr_db"]
+            assert 15 < shares["precision_snr_db"] < 90
+            total = artifacts[reduced]["parity"]["outputs"][name]["snr_db"]
+            assert total == pytest.approx(shares["precision_snr_db"], abs=1.0)  # float32 error is negligible here
+        check = next(c for c in artifacts[reduced]["parity"]["checks"] if c["metric"] == "conversion_failures")
+        assert check["passed"] and check["value"] == 0
+    assert "error_split" not in artifacts["model.fp32.tflite"]["parity"]
+
+
+def test_a_failing_float32_conversion_fails_the_quantized_file_made_from_it(rnet_build, tmp_path, capsys):
+    """Judged by a profile that holds the float32 boxes to 300 dB: the float32 ONNX (the source graph itself, in
+    the same runtime) is exact and passes; the float32 TFLite file (onnx2tf's lowering, about 130 dB) fails, and
+    so does the dynamic-range file made from that lowering, though its own error is within the INT8 limits."""
+    _, folder = rnet_build
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(PROFILE + "output_tolerances: {boxes: {fp32: {min_snr_db: 300.0}}}\n")
+    capsys.readouterr()
+    assert run_cli("check", folder / "out" / "rnet", "--target", strict, "--json") == 1
+    records = {r["file"]: r["parity"] for r in json.loads(capsys.readouterr().out)["artifacts"]}
+    assert math.isinf(records["model.fp32.onnx"]["outputs"]["boxes"]["snr_db"])
+    assert records["model.fp32.onnx"]["passed"] and records["model.int8.onnx"]["passed"]
+    assert not records["model.fp32.tflite"]["passed"]
+    quantized = records["model.dynamic_int8.tflite"]
+    assert not quantized["passed"]
+    (failure,) = quantized["failures"]
+    assert failure.startswith("conversion_failures = 1") and "model.fp32.tflite" in failure
+    assert "snr_db (boxes)" in failure and "the conversion adds that error" in failure
