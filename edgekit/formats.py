@@ -86,7 +86,7 @@ def _onnx_capture(path: Path, inputs: dict, io):
 
 def _tflite_stages(context: StageContext, precisions: list[str]) -> list[Stage]:
     def stage(name: str, chosen: list[str], fallback: Stage | None = None) -> Stage:
-        return Stage(f"{name} ({', '.join(chosen)})", 1, "tflite", tuple(chosen), (HUB,),
+        return Stage(f"{name} ({', '.join(chosen)})", 2, "tflite", tuple(chosen), (HUB,),
                      lambda c: _tflite_artifacts(c, chosen), fallback=fallback,
                      settings=lambda c: (c.target.tflite.io_type, c.float_nodes), in_child=True)
 

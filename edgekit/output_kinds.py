@@ -4,7 +4,8 @@
   by mean absolute error and the IoU of the maps thresholded at 0.5, not by the largest relative error;
 - distribution: a final Softmax (class probabilities, CTC character distributions): top-1 agreement over
   the Softmax axis at every position;
-- logits: any other 2-D output with several columns: top-1 agreement over the columns;
+- logits: any other 2-D output with several columns: top-1 agreement over the columns, unless the model also
+  has a Softmax or Sigmoid head, beside which a plain 2-D output is a regression (MTCNN's boxes and landmarks);
 - values: everything else (boxes, landmarks, embeddings, feature maps): cosine and SNR.
 
 Ops that only move or reshape values (Reshape, Transpose, Flatten...) are looked through, so a Sigmoid
@@ -49,6 +50,11 @@ def detect(model) -> dict[str, OutputKind]:
     for output in model.graph.output:
         rank = len(output.type.tensor_type.shape.dim)
         kinds[output.name] = _kind(output.name, rank, producer, _dims(output))
+    heads = [name for name, kind in kinds.items() if kind.kind in ("distribution", "probability")]
+    if heads:  # beside a Softmax or Sigmoid head, a plain 2-D output regresses (boxes, landmarks): no top-1
+        kinds = {name: OutputKind("values", None, f"2-D output beside the {kinds[heads[0]].kind} head "
+                                                  f"'{heads[0]}': a regression head (boxes, landmarks)")
+                 if kind.kind == "logits" else kind for name, kind in kinds.items()}
     return kinds
 
 

@@ -36,9 +36,13 @@ def test_output_kinds_are_read_from_the_graph():
     kinds = output_kinds.detect(model)
     assert kinds["scores"].kind == "probability" and kinds["scores"].class_axis is None  # not an argmax over anchors
     assert (kinds["chars"].kind, kinds["chars"].class_axis) == ("distribution", 1)
-    assert (kinds["logits"].kind, kinds["logits"].class_axis) == ("logits", 1)
+    # beside a Sigmoid or Softmax head, a plain 2-D output is a regression head (MTCNN's boxes), not logits
+    assert kinds["logits"].kind == "values" and "regression head" in kinds["logits"].why
     assert kinds["features"].kind == "values"
     assert "Sigmoid" in kinds["scores"].why and "IoU" in kinds["scores"].rule
+    alone = _graph([helper.make_node("Reshape", ["x", "flat"], ["logits"])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 36])])
+    assert (output_kinds.detect(alone)["logits"].kind, output_kinds.detect(alone)["logits"].class_axis) == ("logits", 1)
 
 
 def test_probability_maps_are_judged_by_mean_error_and_iou():

@@ -766,6 +766,36 @@ def paddle_style_classifier_onnx(path: str | Path) -> Path:
     return _save_checked(model, path)
 
 
+def paddle_style_direction_onnx(path: str | Path) -> Path:
+    """PP-LCNet text-direction classifier head as paddle2onnx writes it at opset 11, x (1, 3, 32, 32) -> softmax
+    (1, 10): the flatten is a Reshape whose shape is Shape -> Slice -> Cast concatenated with a constant, then
+    MatMul -> Add -> Softmax(axis=1). With the input shape fixed, that shape subgraph is a constant."""
+    import onnx
+
+    g = PaddleGraph(seed=12)
+    x = g.conv_bn("x", 3, 16, 3, 2, act="hard_swish")  # 16x16
+    x = g.conv_bn(x, 16, 32, 3, 2, act="relu6")  # 8x8
+    x = g.conv_bn(x, 32, 32, 3, 1, groups=32, act="hard_swish")
+    pooled = g.node("GlobalAveragePool", [g.conv_bn(x, 32, 64, 1, act="hard_swish")], "pool2d")
+    batch = g.node("Slice", [g.node("Shape", [pooled], "shape"), g.const("starts", np.array([0], np.int64)),
+                             g.const("ends", np.array([1], np.int64)), g.const("axes", np.array([0], np.int64))],
+                   "slice")
+    batch = g.node("Cast", [batch], "cast", to=onnx.TensorProto.INT64)
+    shape = g.node("Concat", [batch, g.const("shape", np.array([-1], np.int64))], "concat", axis=0)
+    flat = g.node("Reshape", [pooled, shape], "flatten")
+    weight, bias = g.const("fc_w", np.zeros((64, CLASSES), np.float32)), g.const("fc_b", np.zeros(CLASSES, np.float32))
+    logits = g.node("Add", [g.node("MatMul", [flat, weight], "matmul"), bias], "fc")
+    g.nodes.append(onnx.helper.make_node("Softmax", [logits], [PADDLE_CLASSIFIER_OUTPUT], name="softmax_0", axis=1))
+    model = g.model(PADDLE_INPUT, {PADDLE_CLASSIFIER_OUTPUT: (1, CLASSES)})
+    x, y = labeled_images(PADDLE_INPUT["x"], 256, INIT_SEED)
+    _fit_batch_norms(model, {"x": x})
+    (features,) = _tensor_values(model, {"x": x}, [flat])
+    fitted_weight, fitted_bias = _ridge(features.astype(np.float64), y)
+    _set_initializer(model, weight, fitted_weight.T)
+    _set_initializer(model, bias, fitted_bias)
+    return _save_checked(model, path)
+
+
 def paddle_style_detector_onnx(path: str | Path) -> Path:
     """DB-text-detector-like head as paddle2onnx writes it at opset 11, x (1, 3, 32, 32) -> sigmoid map
     (1, 1, 32, 32): Conv + BatchNormalization, Resize (nearest, asymmetric, empty roi input), Concat skip,
@@ -931,6 +961,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            note="the two-input model as an ONNX file"),
     Family("paddle_classifier", "classifier", PADDLE_INPUT, _images_of(PADDLE_INPUT, True),
            writer=paddle_style_classifier_onnx, note="paddle2onnx-style opset 11, Softmax(axis=1) output"),
+    Family("paddle_direction", "classifier", PADDLE_INPUT, _images_of(PADDLE_INPUT, True),
+           writer=paddle_style_direction_onnx,
+           note="paddle2onnx-style opset 11, flatten shape from Shape -> Slice -> Cast -> Concat, Softmax(axis=1)"),
     Family("paddle_detector", "segmenter", PADDLE_INPUT, _images_of(PADDLE_INPUT, False),
            writer=paddle_style_detector_onnx,
            note="paddle2onnx-style opset 11 DB-like head, Resize + ConvTranspose, sigmoid map"),

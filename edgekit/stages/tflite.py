@@ -23,6 +23,7 @@ from ..data import Dataset
 from ..errors import UserError, first_line, machine_error
 from ..runners.litert import bind_io, silenced, tf_name
 from . import Artifact
+from .max_pool_padding import rewrite_max_pools
 
 # precision -> (onnx2tf's file suffix, Artifact.precision)
 OUTPUTS = {"fp32": ("float32", "fp32"), "fp16": ("float16", "fp16"),
@@ -51,6 +52,11 @@ def convert_tflite(fp32: Artifact, precisions: list[str], calibration: Dataset, 
     check_operators(model)
     with onnx2tf_scratch(workdir) as (scratch, log):
         return _convert(fp32, model, precisions, calibration, io_type, workdir, scratch, log)
+
+
+def lowered(model) -> tuple[Any, list[str]]:
+    """The float ONNX as onnx2tf is given it, and what was rewritten (see max_pool_padding)."""
+    return rewrite_max_pools(model)
 
 
 @contextlib.contextmanager
@@ -84,10 +90,12 @@ def inside(folder: Path) -> Iterator[None]:
 
 
 def run_onnx2tf(fp32: Artifact, model, calibration: Dataset, scratch: Path, log: Path, **options) -> list[list]:
-    """onnx2tf on a copy of the float ONNX, inside `scratch` (offline, writing nothing elsewhere), into
-    scratch/out; returns the calibration files it was given (its -cind argument)."""
+    """onnx2tf on `model` (the float ONNX, as `lowered` rewrites it), saved inside `scratch` (offline, writing
+    nothing elsewhere), into scratch/out; returns the calibration files it was given (its -cind argument)."""
+    import onnx
+
     source = scratch / "model.onnx"
-    shutil.copyfile(fp32.path, source)  # onnx2tf rewrites the file it is given
+    onnx.save(model, str(source))  # a copy: onnx2tf rewrites the file it is given
     calib = _calibration_files(calibration, scratch)
     # TensorFlow's Erf (exact GELU) becomes a Flex op that LiteRT cannot run: onnx2tf's built-in
     # replacement writes it with TFLite builtins instead.
@@ -115,6 +123,7 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
     options = {"output_dynamic_range_quantized_tflite": "dynamic_int8" in precisions,
                "output_integer_quantized_tflite": "int8" in precisions, "quant_type": "per-channel",
                "input_quant_dtype": io_type, "output_quant_dtype": io_type}
+    model, rewrites = lowered(model)
     remedy = _lower(fp32, model, calibration, scratch, log, options)
     made_by = f"onnx2tf {metadata.version('onnx2tf')}, TensorFlow Lite converter {metadata.version('tensorflow')}"
     reference = ReferenceIO(fp32, calibration)
@@ -129,6 +138,8 @@ def _convert(fp32: Artifact, model, precisions: list[str], calibration: Dataset,
         details = {"made_by": made_by, "scheme": describe_scheme(precision, io_type, calibration)}
         if remedy:
             details["lowering_remedy"] = remedy
+        if rewrites:
+            details["lowering_rewrites"] = rewrites
         artifacts.append(Artifact(path, "tflite", kind, details, reference.bind(path)))
     return artifacts
 

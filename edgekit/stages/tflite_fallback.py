@@ -22,8 +22,8 @@ from ..data import Dataset
 from ..errors import UserError, first_line
 from ..layerwise.placement import float_ops, place_float_nodes, same_op, tflite_ops
 from . import Artifact
-from .tflite import (IO_TYPES, ReferenceIO, check_operators, describe_scheme, inside, log_tail, onnx2tf_scratch,
-                     run_onnx2tf)
+from .tflite import (IO_TYPES, ReferenceIO, check_operators, describe_scheme, inside, log_tail, lowered,
+                     onnx2tf_scratch, run_onnx2tf)
 
 SIGNATURE_KEY = "serving_default"
 
@@ -55,7 +55,7 @@ def convert_tflite_int8_with_float_ops(fp32: Artifact, float_onnx_nodes: list[st
 def _convert(fp32: Artifact, model, float_nodes: list[str], calibration: Dataset, io_type: str, path: Path,
              scratch: Path, log: Path) -> Artifact:
     # The saved_model only (as onnx2tf writes it for its own INT8 step); it is quantized below.
-    calib = run_onnx2tf(fp32, model, calibration, scratch, log, output_signaturedefs=True)
+    calib = run_onnx2tf(fp32, lowered(model)[0], calibration, scratch, log, output_signaturedefs=True)
     reference = ReferenceIO(fp32, calibration)
     with inside(scratch), warnings.catch_warnings():
         warnings.simplefilter("ignore")

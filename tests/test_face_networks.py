@@ -1,8 +1,10 @@
-"""A reduced-precision file is judged on its format's conversion as well as on its precision.
+"""The MTCNN R-Net pattern (PReLU, ceil-mode max pools, permute + view, a box head and a Softmax head) on ONNX and
+TFLite: lowered exactly, and judged on its format's conversion as well as on its precision.
 
-The MTCNN R-Net pattern (PReLU, ceil-mode pools, permute + view, a box head and a Softmax head): its dynamic-range
-TFLite file is made from the same onnx2tf graph as its float32 TFLite file, so when that float32 file fails, the
-quantized one fails too, and every record splits the error between the conversion and the precision.
+Its TFLite files come from one onnx2tf graph; that graph once padded the ceil-mode pools with 0 (as onnx2tf does
+when it also makes a full-integer file) where the ONNX graph leaves the border out, and every TFLite file,
+quantized ones too, carried the error. A reduced-precision file now fails when its format's float32 file fails,
+and every record splits the error between the conversion and the precision.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from conftest import read_manifest, run_cli
 
 pytestmark = pytest.mark.slow
 PROFILE = ("extends: arm64\ndescription: R-Net on ONNX and TFLite\nformats: [onnx, tflite]\n"
-           "onnx: {precisions: [fp32, int8]}\ntflite: {precisions: [fp32, dynamic_int8]}\n")
+           "onnx: {precisions: [fp32, int8]}\ntflite: {precisions: [fp32, dynamic_int8, int8]}\n")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,18 @@ def rnet_build(tmp_path_factory):
     code = run_cli("build", source, "--calib", folder / "calib.npz", "--eval", folder / "eval.npz",
                    "--target", folder / "rnet.yaml", "--out", folder / "out", "--quiet")
     return code, folder
+
+
+def test_ceil_mode_pools_lower_exactly_and_stay_on_the_delegate(rnet_build):
+    code, folder = rnet_build
+    artifacts = {a["file"]: a for a in read_manifest(folder / "out" / "rnet")["artifacts"]}
+    assert code == 0
+    float32 = artifacts["model.fp32.tflite"]
+    assert all(output["snr_db"] > 100 for output in float32["parity"]["outputs"].values())
+    rewrites = [line.split("': ")[1] for line in float32["details"]["lowering_rewrites"]]
+    assert rewrites == ["padding written as SAME", "padding no window reaches dropped"]  # 22 -> 11, 9 -> 4
+    delegation = float32["details"]["delegation"]
+    assert delegation["partitions"] == 1 and delegation["fallback_ops"] == {}  # no PAD left off the delegate
 
 
 def test_every_reduced_file_records_whose_error_is_whose(rnet_build):
