@@ -479,7 +479,7 @@ def _layerwise(folder: Path, manifest: Manifest, cache: StageCache, inputs: dict
     if manifest.artifact("model.fp32.onnx") is None:
         return {"computed": False, "why": "no float ONNX artifact to map layers through"}
     samples = len(next(iter(inputs.values())))
-    key = cache.key("per-layer SNR", samples, manifest.versions, manifest.parity_inputs.sha256,
+    key = cache.key("per-layer SNR", 2, samples, manifest.versions, manifest.parity_inputs.sha256,
                     dataclasses.asdict(manifest.target), [(e.name, e.file.sha256) for e in manifest.artifacts])
     result = cache.load_result(key)
     if result is None:
@@ -496,7 +496,7 @@ def _layerwise(folder: Path, manifest: Manifest, cache: StageCache, inputs: dict
                             for r in data["rows"]]
             entry.first_divergence = data["first_divergence"] and data["first_divergence"]["reference"]
     return {"computed": True, "reference": "float ONNX", "samples": result["samples"],
-            "threshold_db": result["threshold_db"], "coverage": result["coverage"]}
+            "thresholds_db": result["thresholds_db"], "coverage": result["coverage"]}
 
 
 def _output_limits(target: Target, precision: str, kinds: dict[str, OutputKind]) -> dict[str, Tolerance]:

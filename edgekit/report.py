@@ -192,8 +192,8 @@ def energy_lines(records: list[dict[str, Any]]) -> list[str]:
 
 def divergence_table(result: dict[str, Any]) -> str:
     """Per artifact: SNR, per-channel SNR, cosine and max error per layer, then where INT8 first breaks."""
-    lines = [f"reference: {result['reference']}, {result['samples']} samples, divergence threshold "
-             f"{result['threshold_db']:.1f} dB"]
+    thresholds = ", ".join(f"{precision} {value:g} dB" for precision, value in result["thresholds_db"].items())
+    lines = [f"reference: {result['reference']}, {result['samples']} samples, divergence below: {thresholds}"]
     for name, cov in result["coverage"].items():
         lines.append(f"{name.replace('_', ' ')}: {cov['mapped'] + cov['fused']}/{cov['nodes']} mapped "
                      f"({cov['fraction']:.0%})")
@@ -206,7 +206,7 @@ def divergence_table(result: dict[str, Any]) -> str:
         first, drop = data["first_divergence"], data["largest_drop"]
         lines.append(f"  first divergence: {first['reference'] if first else 'none'}"
                      + (f" (SNR {_db(first['snr_db']).strip()} dB, per channel {_db(first['channel_snr_db']).strip()} dB)"
-                        if first else f" (every layer above {result['threshold_db']:.1f} dB)"))
+                        if first else f" (every layer above {data['threshold_db']:g} dB)"))
         if drop:
             lines.append(f"  largest drop:     {drop['reference']}")
     lines += [f"\n{file}: no per-layer numbers ({why})" for file, why in result["not_mapped"].items()]

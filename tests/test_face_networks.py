@@ -86,3 +86,63 @@ def test_a_failing_float32_conversion_fails_the_quantized_file_made_from_it(rnet
     (failure,) = quantized["failures"]
     assert failure.startswith("conversion_failures = 1") and "model.fp32.tflite" in failure
     assert "snr_db (boxes)" in failure and "the conversion adds that error" in failure
+
+
+def test_debug_names_the_layer_a_wrong_lowering_breaks(rnet_build, tmp_path):
+    """onnx2tf as it lowers the graph unrewritten when it also makes a full-integer file: its float32 TFLite file
+    pads the first ceil-mode pool with 0. Values match nothing after that layer, so the structure maps the rest:
+    at least 90 % of the ONNX nodes are mapped, and the pool is the first layer under the float32 limit."""
+    import onnx
+
+    from edgekit.data import Dataset
+    from edgekit.layerwise.capture import capture_onnx, capture_tflite
+    from edgekit.layerwise.compare import compare_layers, first_divergence
+    from edgekit.layerwise.mapping import map_tflite_onnx, node_coverage
+    from edgekit.stages import Artifact
+    from edgekit.stages.tflite import ReferenceIO, onnx2tf_scratch, run_onnx2tf
+
+    _, folder = rnet_build
+    hub = Artifact(folder / "out" / "rnet" / "model.fp32.onnx", "onnx", "fp32", {}, None)
+    graph = onnx.load(str(hub.path))
+    with np.load(folder / "calib.npz") as calib:
+        calibration = Dataset({"input": calib["input"]}, None, "calib.npz")
+    with onnx2tf_scratch(tmp_path) as (scratch, log):
+        run_onnx2tf(hub, graph, calibration, scratch, log, output_integer_quantized_tflite=True,
+                    quant_type="per-channel", input_quant_dtype="int8", output_quant_dtype="int8")
+        broken = tmp_path / "broken.tflite"
+        broken.write_bytes((scratch / "out" / "model_float32.tflite").read_bytes())
+    x = {"input": calibration.inputs["input"][:16]}
+    reference = capture_onnx(graph, x)
+    candidate = capture_tflite(broken, x, ReferenceIO(hub, calibration).bind(broken))
+    mapping = map_tflite_onnx(reference, candidate)
+    assert mapping.method == "values and structure"
+    assert node_coverage(graph, set(mapping.pairs), fusable=("Clip", "Relu"))["fraction"] >= 0.9
+    rows = compare_layers(reference, candidate, mapping.pairs)
+    first = first_divergence(rows, 60.0)
+    pool = next(i for i, row in enumerate(rows) if row.kind == "MaxPool")
+    assert first is not None and first.reference == rows[pool].reference
+    assert [row.kind for row in rows[:pool]] == ["input", "Conv", "PRelu"]
+    assert all(row.snr_db > 100 for row in rows[:pool])  # exact before it
+
+
+def test_executorch_lowers_the_prelu_after_a_linear_layer(tmp_path):
+    """XNNPACK's channels-last pass refused R-Net's PReLU on the 2-D output of its Linear layer; written as
+    relu(x) + w * (x - relu(x)), both programs are made and wholly delegated, and the float one is exact. (The
+    INT8 program's verdict on these untrained face logits is not the point here: --keep-going.)"""
+    model = zoo.rnet()
+    np.savez(tmp_path / "calib.npz", input=zoo.images(model.input_shape, 64, 0))
+    np.savez(tmp_path / "eval.npz", input=zoo.images(model.input_shape, 32, 1))
+    (tmp_path / "pte.yaml").write_text("extends: arm64\ndescription: R-Net as ExecuTorch programs\n"
+                                       "formats: [onnx, pte]\nonnx: {precisions: [fp32]}\n")
+    assert run_cli("build", f"{zoo.__file__}:rnet", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                   "--target", tmp_path / "pte.yaml", "--out", tmp_path / "out", "--quiet", "--keep-going") == 0
+    manifest = read_manifest(tmp_path / "out" / "pte")
+    assert manifest["failures"] == []
+    artifacts = {a["file"]: a for a in manifest["artifacts"]}
+    for file in ("model.fp32.pte", "model.int8.pte"):
+        details = artifacts[file]["details"]
+        (rewrite,) = details["lowering_rewrites"]  # the PReLU after the Linear layer; the others are on images
+        assert rewrite.startswith("PReLU '") and rewrite.endswith("' on a 2-D input written as relu(x) + w * (x - relu(x))")
+        assert details["delegation"]["partitions"] == 1 and not details["delegation"]["fallback_ops"]
+    assert artifacts["model.fp32.pte"]["parity"]["passed"]
+    assert all(o["snr_db"] > 100 for o in artifacts["model.fp32.pte"]["parity"]["outputs"].values())

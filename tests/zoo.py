@@ -451,7 +451,7 @@ class RNet(nn.Module):
 
 def rnet() -> nn.Module:
     """R-Net with data-driven weights: PReLU slopes spread like the published ones (0-0.5), box offsets of
-    std 0.2 (values span about +-0.6, as on real crops), face logits of std 3 (confident Softmax)."""
+    std 0.2 (values span about +-0.6, as on real crops), face logits of std 3."""
     torch.manual_seed(24)
     model = RNet()
     model.input_shape = (1, 3, 24, 24)

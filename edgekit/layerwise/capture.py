@@ -225,7 +225,7 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
                 order.append(index)
                 kinds[index] = op["op_name"]
                 varying.add(index)
-    key = {i: names.get(i, tflite_key(details[i]["name"])) for i in order}
+    key = _unique({i: tflite_key(details[i]["name"]) for i in order if i not in names}, names)
     entries = {**dict(zip(order, adapter.own_entries([details[i] for i in order]))), **output_entries}
     joined = _Joined(inputs, 1)
     for feeds in _batches(inputs, 1):
@@ -237,8 +237,23 @@ def capture_tflite(path: Path, inputs: dict[str, np.ndarray], io=None) -> Captur
     # Channel-first views of the joined channel-last tensors (graph outputs are laid out by their entry):
     # joining first is one contiguous copy, where joining transposed views is a slow strided one.
     channel_last = set()
-    for index in order:  # a key written twice is laid out as its last tensor is
+    for index in order:
         (channel_last.discard if index in output_entries else channel_last.add)(key[index])
     tensors = {name: np.moveaxis(value, -1, 1) if name in channel_last and value.ndim >= 3 else value
                for name, value in joined.tensors.items()}
     return Capture(tensors, {key[i]: kinds[i] for i in order})
+
+
+def _unique(keys: dict[int, str], io_names: dict[int, str]) -> dict[int, str]:
+    """Tensor index -> key: the model inputs and outputs by their reference names, the rest by `keys`, where a
+    key an earlier tensor holds takes a '#n' suffix (two fused ops can name one TensorFlow op first: a PReLU
+    and the transpose after it)."""
+    unique, held = dict(io_names), set(io_names.values())
+    for index, key in keys.items():
+        suffixed, n = key, 1
+        while suffixed in held:
+            n += 1
+            suffixed = f"{key}#{n}"
+        unique[index] = suffixed
+        held.add(suffixed)
+    return unique

@@ -1,8 +1,9 @@
 """Per-layer divergence of a build folder's artifacts against a reference: PyTorch or the float ONNX.
 
 Tensors are mapped once per build: reference -> float ONNX (identity, or PyTorch module path by value),
-float ONNX -> float TFLite (by value), float TFLite -> each other TFLite (same op sequence), and each
-artifact's per-layer numbers are computed against the reference on the same inputs.
+float ONNX -> float TFLite (by value, then structure), float TFLite -> each other TFLite (same op sequence), and
+each artifact's per-layer numbers are computed against the reference on the same inputs. A layer diverges below
+its artifact's precision's SNR limit (the profile's min_snr_db: 60 dB for float32, 15 dB for INT8 by default).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..formats import FORMATS, get
 from ..manifest import Manifest
 from .capture import Capture, capture_onnx, capture_torch
 from .compare import compare_layers, compose, first_divergence, largest_drop
-from .mapping import map_torch_onnx, match_by_value, node_coverage
+from .mapping import map_tflite_onnx, map_torch_onnx, node_coverage
 
 FLOAT_ONNX = FORMATS["onnx"].file("fp32")  # the hub every format's layers are mapped through
 DEFAULT_THRESHOLD_DB = 15.0
@@ -55,7 +56,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
         """The fp32 file of a format matched by value: its capture, and hub tensor -> its tensor."""
         floats = fmt.file("fp32")
         capture = fmt.capture(folder / floats, inputs, (entries[floats].inputs, entries[floats].outputs))
-        return capture, match_by_value(onnx_capture, capture).pairs
+        return capture, map_tflite_onnx(onnx_capture, capture).pairs
 
     def mapped_through(fmt, capture: Capture) -> dict[str, str]:
         """Reference tensor -> `capture`'s tensor, through the fp32 file of its format."""
@@ -66,7 +67,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
         through_float = {fmt.name: pool.submit(through, fmt) for fmt in FORMATS.values()
                          if fmt.capture and not fmt.hub_names and fmt.file("fp32") in entries
                          and package.inside(folder, fmt.file("fp32"), fmt.file("fp32")).is_file()}
-        threshold = _threshold(manifest)
+        thresholds = {entry.precision: _threshold(manifest, entry.precision) for entry in manifest.artifacts}
         not_mapped = {}
         work = []  # (artifact, what maps the reference's tensors to its own), in the manifest's order
         for entry in manifest.artifacts:
@@ -88,8 +89,10 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
                 candidate = get(entry.format).capture(package.inside(folder, entry.name, "artifacts[].file"),
                                                       inputs, (entry.inputs, entry.outputs))
             rows = compare_layers(reference_capture, candidate, mapping(candidate))
+            threshold = thresholds[entry.precision]
             first, drop = first_divergence(rows, threshold), largest_drop(rows)
-            return {"rows": [r.to_dict() for r in rows], "first_divergence": first.to_dict() if first else None,
+            return {"rows": [r.to_dict() for r in rows], "threshold_db": threshold,
+                    "first_divergence": first.to_dict() if first else None,
                     "largest_drop": drop.to_dict() if drop else None}
 
         results = dict(zip((entry.name for entry, _ in work), pool.map(lambda job: rows_of(*job), work)))
@@ -98,7 +101,7 @@ def divergence(folder: Path, manifest: Manifest, reference: str, inputs: dict[st
                                                                      fusable=get(name).fused_ops)
     finally:  # on Ctrl-C or an error, the artifacts not yet started are not captured
         pool.shutdown(cancel_futures=True)
-    return {"reference": reference, "threshold_db": threshold, "samples": len(next(iter(inputs.values()))),
+    return {"reference": reference, "thresholds_db": thresholds, "samples": len(next(iter(inputs.values()))),
             "coverage": coverage, "artifacts": results, "not_mapped": not_mapped}
 
 
@@ -118,9 +121,10 @@ def align_lowerings(reference: Capture, candidate: Capture, bookkeeping: tuple[s
     return {a: b for a, b in pairs.items() if reference.tensors[a].shape == candidate.tensors[b].shape}
 
 
-def _threshold(manifest: Manifest) -> float:
-    int8 = manifest.target.profile["tolerances"].get("int8") or {}
-    return int8.get("min_snr_db") or DEFAULT_THRESHOLD_DB
+def _threshold(manifest: Manifest, precision: str) -> float:
+    """The SNR a layer of an artifact of `precision` diverges below: the build profile's limit for its outputs."""
+    limits = manifest.target.profile["tolerances"].get(precision) or {}
+    return limits.get("min_snr_db") or DEFAULT_THRESHOLD_DB
 
 
 def _torch_module(manifest: Manifest, model: str | None, weights: str | None):

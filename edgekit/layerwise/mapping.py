@@ -9,8 +9,10 @@ PyTorch module output of the same shape that it equals within a relative toleran
 
 TFLite <-> ONNX: onnx2tf names TFLite tensors after its TensorFlow ops (`tf.nn.convolution_3`), not
 after ONNX nodes, and the converter fuses Conv + activation, so tensors are matched by value between
-the float .tflite and the float ONNX graph; the integer .tflite shares the float one's tensor keys
-(see `capture.tflite_key`), so the same mapping applies to it.
+the float .tflite and the float ONNX graph. A float file that diverges (a wrong lowering) matches nothing by
+value after its first wrong layer, so what values leave is then paired by structure: in network order between
+two value matches, with the ONNX op type the TFLite op lowers and the same shape. The integer .tflite shares
+the float one's tensor keys (see `capture.tflite_key`), so the same mapping applies to it.
 """
 from __future__ import annotations
 
@@ -24,13 +26,24 @@ from .capture import Capture
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 VALUE_TOLERANCE = 1e-3  # relative L2 error for two float tensors to count as the same tensor
+# The ONNX op types each TFLite op is lowered from (onnx2tf), for pairing tensors by structure.
+LOWERED_FROM = {
+    "CONV_2D": ("Conv",), "DEPTHWISE_CONV_2D": ("Conv",), "TRANSPOSE_CONV": ("ConvTranspose",),
+    "FULLY_CONNECTED": ("Gemm", "MatMul"), "BATCH_MATMUL": ("MatMul",), "MAX_POOL_2D": ("MaxPool",),
+    "AVERAGE_POOL_2D": ("AveragePool", "GlobalAveragePool"), "MEAN": ("GlobalAveragePool", "ReduceMean"),
+    "PRELU": ("PRelu",), "LEAKY_RELU": ("LeakyRelu",), "RELU": ("Relu",), "RELU6": ("Clip",), "RELU_0_TO_1": ("Clip",),
+    "LOGISTIC": ("Sigmoid",), "TANH": ("Tanh",), "HARD_SWISH": ("HardSwish",), "SOFTMAX": ("Softmax",),
+    "RESHAPE": ("Reshape", "Flatten", "Squeeze", "Unsqueeze"), "TRANSPOSE": ("Transpose",),
+    "CONCATENATION": ("Concat",), "ADD": ("Add",), "SUB": ("Sub",), "MUL": ("Mul",), "DIV": ("Div",),
+    "RESIZE_BILINEAR": ("Resize",), "RESIZE_NEAREST_NEIGHBOR": ("Resize",), "GELU": ("Gelu",)}
+FUSED_ACTIVATIONS = ("Relu", "Clip")  # the TFLite converter folds these into the op before them
 
 
 @dataclass
 class Mapping:
     """reference name -> candidate name, in the reference's execution order."""
     pairs: dict[str, str]
-    method: str  # "metadata" or "values"
+    method: str  # "metadata", "values", or "values and structure"
     unmatched: list[str] = field(default_factory=list)  # candidate tensors with no reference partner
 
     def inverse(self) -> dict[str, str]:
@@ -79,6 +92,47 @@ def match_by_value(reference: Capture, candidate: Capture, tolerance: float = VA
         last = position[chosen]
     ordered = {r: pairs[r] for r in ref_names if r in pairs}
     return Mapping(ordered, "values", unmatched)
+
+
+def map_tflite_onnx(onnx_capture: Capture, tflite_capture: Capture) -> Mapping:
+    """ONNX tensor -> float TFLite tensor: by value, then by structure for what values leave (see above)."""
+    by_value = match_by_value(onnx_capture, tflite_capture)
+    names, candidates = list(onnx_capture.tensors), list(tflite_capture.tensors)
+    position = {name: i for i, name in enumerate(names)}
+    pairs, unmatched = dict(by_value.pairs), []
+    partner = {c: r for r, c in pairs.items()}
+    last = -1
+    for index, name in enumerate(candidates):
+        if name in partner:
+            last = position[partner[name]]
+            continue
+        bound = next((position[partner[c]] for c in candidates[index + 1:] if c in partner), len(names))
+        chosen = _structural_partner(onnx_capture, names[last + 1:bound], set(pairs), tflite_capture, name)
+        if chosen is None:
+            unmatched.append(name)
+            continue
+        pairs[chosen] = name
+        last = position[chosen]
+    method = "values and structure" if len(pairs) > len(by_value.pairs) else "values"
+    return Mapping({r: pairs[r] for r in names if r in pairs}, method, unmatched)
+
+
+def _structural_partner(onnx_capture: Capture, window: list[str], taken: set[str], tflite_capture: Capture,
+                        name: str) -> str | None:
+    """The first free ONNX tensor in `window` lowered to TFLite tensor `name`'s op, of its shape; or the fused
+    activation right after it, where that one is closer in value (the converter fused it)."""
+    value, types = tflite_capture.tensors[name], LOWERED_FROM.get(tflite_capture.kinds.get(name, ""), ())
+    for i, reference in enumerate(window):
+        if reference in taken or onnx_capture.kinds.get(reference) not in types \
+                or onnx_capture.tensors[reference].shape != value.shape:
+            continue
+        after = window[i + 1] if i + 1 < len(window) else None
+        if after and after not in taken and onnx_capture.kinds.get(after) in FUSED_ACTIVATIONS \
+                and onnx_capture.tensors[after].shape == value.shape \
+                and relative_error(onnx_capture.tensors[after], value) < relative_error(onnx_capture.tensors[reference], value):
+            return after
+        return reference
+    return None
 
 
 def _norm(tensor: np.ndarray) -> float:

@@ -54,7 +54,7 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
     float_modules = sorted({block for block in blocks.values() if block})
     unmapped = [node for node, block in blocks.items() if not block]
     with _quiet():
-        program = _export(source, example)
+        program, rewrites = _images_only_prelu(_export(source, example), example)
         artifacts = []
         for precision in precisions:
             if precision == "int8":
@@ -63,8 +63,40 @@ def convert_pte(source: SourceModel, precisions: list[str], calibration: dict[st
                 artifact.metadata.update(_int8_details(layers, float_modules, unmapped, observer))
             else:
                 artifact, _ = _lower(program, precision, folder, source)
+            if rewrites:
+                artifact.metadata["lowering_rewrites"] = rewrites
             artifacts.append(artifact)
     return artifacts
+
+
+def _images_only_prelu(program, example: tuple):
+    """`program` with each PReLU on an input that is not an image written as relu(x) + w * (x - relu(x)), and one
+    line per PReLU rewritten. XNNPACK's channels-last pass takes aten.prelu for an image op and refuses it on a
+    2-D or 3-D input ("Attempting to convert non-NHWC compatible node to NHWC": the PReLU after a Linear in the
+    MTCNN networks); the sum is exact and it lowers op by op."""
+    import torch
+
+    aten = torch.ops.aten
+    module = program.module()
+    rewrites = []
+    for node in list(module.graph.nodes):
+        if node.target != aten.prelu.default or node.args[0].meta["val"].dim() in (0, 1, 4):
+            continue
+        x, weight = node.args
+        rank = x.meta["val"].dim()
+        with module.graph.inserting_before(node):
+            positive = module.graph.call_function(aten.relu.default, (x,))
+            negative = module.graph.call_function(aten.sub.Tensor, (x, positive))
+            slopes = module.graph.call_function(aten.view.default, (weight, [-1] + [1] * (rank - 2)))
+            result = module.graph.call_function(
+                aten.add.Tensor, (positive, module.graph.call_function(aten.mul.Tensor, (negative, slopes))))
+        node.replace_all_uses_with(result)
+        module.graph.erase_node(node)
+        rewrites.append(f"PReLU '{node.name}' on a {rank}-D input written as relu(x) + w * (x - relu(x))")
+    if not rewrites:
+        return program, []
+    module.recompile()
+    return torch.export.export(module, example), rewrites
 
 
 def _weighted_block(module, name: str) -> str | None:
