@@ -166,3 +166,69 @@ def test_an_opset_11_model(planted, tmp_path):
     np.testing.assert_allclose(everything, evaluator.reference["output"], rtol=0, atol=1e-5)
     plan = plan_float_fallback(evaluator, Budget(min_snr_db=15.0))
     assert plan.met and 1 <= len(plan.float_nodes) <= 6 and plan.full_int8.snr_db < 15
+
+
+def paddle_heads(path) -> None:
+    """A paddle2onnx-style graph (opset 11, names with dots and slashes) whose outputs are a Softmax that is also
+    read by a Slice, the Slice (a graph output produced by Slice, read again), and a Mul of it; its Conv has no bias
+    and a separate BatchNormalization, which the quantizer's own optimizations fold (the float graph stays as is)."""
+    import onnx
+    from onnx import helper
+
+    import zoo
+
+    g = zoo.PaddleGraph(seed=13)
+    x = g.conv_bn(g.conv_bn("x", 3, 16, 3, 2), 16, 32, 3, 2)
+    flat = g.node("Reshape", [g.node("GlobalAveragePool", [x], "pool2d"),
+                              g.const("shape", np.array([1, 32], np.int64))], "flatten")
+    weight = g.const("fc_w", (np.random.default_rng(0).standard_normal((32, 10)) * 0.5).astype(np.float32))
+    logits = g.node("Add", [g.node("MatMul", [flat, weight], "matmul"), g.const("fc_b", np.zeros(10, np.float32))], "fc")
+    g.nodes += [helper.make_node("Softmax", [logits], ["p2o.Softmax.0"], name="p2o.Softmax.0", axis=1),
+                helper.make_node("Slice", ["p2o.Softmax.0", g.const("starts", np.array([0], np.int64)),
+                                           g.const("ends", np.array([5], np.int64)),
+                                           g.const("axes", np.array([1], np.int64))], ["p2o.Slice.6"], name="p2o.Slice.6"),
+                helper.make_node("Mul", ["p2o.Slice.6", g.const("scale", np.array(2.0, np.float32))], ["p2o/Mul.7"],
+                                 name="p2o/Mul.7")]
+    model = g.model({"x": (1, 3, 32, 32)}, {"p2o.Softmax.0": (1, 10), "p2o.Slice.6": (1, 5), "p2o/Mul.7": (1, 5)})
+    zoo._fit_batch_norms(model, {"x": zoo.images((1, 3, 32, 32), 64, 0)})
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("scheme", [Quantization(), Quantization(activation_type="uint8", reduce_range=True)],
+                         ids=["arm64", "x86_64"])
+def test_candidates_of_a_graph_from_another_exporter(tmp_path, scheme):
+    """Every candidate graph loads and computes what the quantizer makes with those nodes excluded, on a graph whose
+    outputs come from Slice and are read again, named with dots and slashes, as the edgekit hub makes it.
+    A Slice follows its input's quantization: with the Softmax before it float, its output is float too. Where
+    the Slice stops following, ORT re-quantizes its output for the Mul with that tensor's own calibrated scale
+    instead of the inherited one: those candidates agree to within a few 8-bit steps, the rest exactly."""
+    import zoo
+
+    paddle_heads(tmp_path / "heads.onnx")
+    fp32 = export_onnx(load(str(tmp_path / "heads.onnx"), None, None), 17, tmp_path)
+    data = Dataset({"x": zoo.images((1, 3, 32, 32), 64, 0)}, None, "calib")
+    evaluator = Evaluator(fp32, scheme, data, data, quantize_int8)
+    assert len(evaluator.candidates) >= 6
+    x = evaluator.evaluation.inputs
+    for nodes in [[], evaluator.candidates, *([n] for n in evaluator.candidates)]:
+        excluded = quantize_int8(fp32, scheme, data, nodes, tmp_path)
+        ours, theirs = run(evaluator.candidate(nodes), x), run(excluded, x)
+        assert sorted(ours) == ["p2o.Slice.6", "p2o.Softmax.0", "p2o/Mul.7"]
+        requantized = {"p2o.Softmax.0", "p2o.Slice.6"} & set(nodes) and len(nodes) == 1
+        for name in ours:
+            step = float(np.abs(theirs[name]).max()) / 64 if requantized else 1e-5  # 4 steps of its 8-bit range
+            np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=step, err_msg=f"{nodes}: {name}")
+
+
+def test_a_graph_the_quantizer_optimizes_further_gives_candidates(tmp_path):
+    """Unsimplified, the paddle-style Conv has no bias and its BatchNormalization is a node of its own; the
+    quantizer folds it, so its Conv reads a bias the float node lacks: the search still finds its candidates."""
+    import zoo
+
+    paddle_heads(tmp_path / "heads.onnx")
+    data = Dataset({"x": zoo.images((1, 3, 32, 32), 64, 0)}, None, "calib")
+    evaluator = Evaluator(Artifact(tmp_path / "heads.onnx", "onnx", "fp32", {}, None), Quantization(), data, data,
+                          quantize_int8)
+    assert {"p2o.Softmax.0", "p2o.Slice.6", "p2o/Mul.7"} <= set(evaluator.candidates)
+    assert run(evaluator.candidate(evaluator.candidates), evaluator.evaluation.inputs).keys() == \
+        {"p2o.Softmax.0", "p2o.Slice.6", "p2o/Mul.7"}
