@@ -214,9 +214,10 @@ def test_candidates_of_a_graph_from_another_exporter(tmp_path, scheme):
         excluded = quantize_int8(fp32, scheme, data, nodes, tmp_path)
         ours, theirs = run(evaluator.candidate(nodes), x), run(excluded, x)
         assert sorted(ours) == ["p2o.Slice.6", "p2o.Softmax.0", "p2o/Mul.7"]
-        requantized = {"p2o.Softmax.0", "p2o.Slice.6"} & set(nodes) and len(nodes) == 1
+        requantized = nodes in (["p2o.Softmax.0"], ["p2o.Slice.6"])  # the Slice's output, and the Mul of it
         for name in ours:
-            step = float(np.abs(theirs[name]).max()) / 64 if requantized else 1e-5  # 4 steps of its 8-bit range
+            loose = requantized and name != "p2o.Softmax.0"
+            step = float(np.abs(theirs[name]).max()) / 64 if loose else 1e-5  # 4 steps of its 8-bit range
             np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=step, err_msg=f"{nodes}: {name}")
 
 
