@@ -215,4 +215,4 @@ def range_problems(reference: dict[str, np.ndarray], outputs: list, precision: s
 def _show(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.4g}"
+    return f"{value:.6g}"  # enough digits that a limit of 0.99999 does not print as 1

@@ -13,7 +13,7 @@ from ..graph_stats import graph_stats
 from ..sources import SourceModel
 from . import Artifact
 
-EXPORT_VERSION = 1  # part of the stage cache's key: raise it when what export_onnx makes changes
+EXPORT_VERSION = 2  # part of the stage cache's key: raise it when what export_onnx makes changes
 
 def export_onnx(source: SourceModel, opset: int, workdir: Path) -> Artifact:
     import onnx
