@@ -35,9 +35,6 @@ MIN_EVAL_SAMPLES, MAX_EVAL_SAMPLES, SCORE_MACS = 32, 128, 5 * 10**9
 RANK_SAMPLES = 8  # samples of the float run that measures each tensor's quantization noise
 MAX_EVALUATIONS = 40  # the pruning pass stops here
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # ORT's QDQ quantizer removes these when the Q after them clips alike
-# ORT's QDQDirect8BitOp and its subclasses: their output is quantized like their input, when that is quantized.
-DIRECT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool", "Slice", "TopK", "MaxPool",
-              "Resize")
 # (float model, scheme, calibration, ONNX nodes to keep float, folder) -> its INT8 QDQ model: quantize_int8's shape
 Quantizer = Callable[[Artifact, Quantization, Dataset, list[str], Path], Artifact]
 
@@ -82,15 +79,6 @@ class QuantPoint:
     zero_point: np.ndarray
     axis: int  # of a per-channel scale
     weight: bool
-    # An op that moves values (Slice, Reshape, MaxPool...: ORT's direct 8-bit ops) quantizes its output only when
-    # its input is quantized: that op, and the tensor its output follows (None for any other tensor).
-    follower: str | None = None
-    follows: str | None = None
-
-    @property
-    def nodes(self) -> frozenset[str]:
-        """The nodes that, kept float together, keep this tensor float."""
-        return self.owners | {self.follower} if self.follower else self.owners
 
 
 @dataclass
@@ -165,16 +153,8 @@ class Evaluator:
         return self._graph(self._float_points(float_nodes))
 
     def _float_points(self, float_nodes: list[str]) -> list[QuantPoint]:
-        """The points no kept-quantized node requests: a direct op's output also when the tensor it follows is."""
-        kept, floated = set(float_nodes), set()
-        chosen: list[QuantPoint] = []
-        while True:
-            more = [p for p in self.points if p.tensor not in floated and p.owners <= kept
-                    and (p.follower is None or p.follower in kept or p.follows in floated)]
-            if not more:
-                return chosen
-            chosen += more
-            floated.update(p.tensor for p in more)
+        kept = set(float_nodes)
+        return [p for p in self.points if p.owners <= kept]
 
     def _graph(self, points: list[QuantPoint]):
         """The QDQ graph without the Q/DQ of `points`: their readers read the float tensors again."""
@@ -248,6 +228,9 @@ def _quant_points(qdq, model, quantized: set[str], candidates: set[str]) -> list
     float_nodes = {n.name: n for n in model.graph.node}
     float_initializers = {i.name for i in model.graph.initializer}
     float_producer = {o: n for n in model.graph.node for o in n.output}
+    # the quantizer's own graph optimizations can rename tensors (its transpose optimizer rewires a Reshape): a
+    # tensor the float graph does not have cannot be kept float, ranked, or read back by name
+    float_tensors = set(float_producer) | {i.name for i in model.graph.input}
     graph_outputs = {o.name for o in qdq.graph.output}
     qdq_nodes = {n.name for n in qdq.graph.node}
 
@@ -256,28 +239,20 @@ def _quant_points(qdq, model, quantized: set[str], candidates: set[str]) -> list
         scale, zero_point = (numpy_helper.to_array(initializers[name]) for name in dq.input[1:3])
         return scale.astype(np.float64), zero_point, axis
 
-    points, dequantized = [], {}  # dequantized: a DQ output -> the float tensor it stands for
+    points = []
     for q in (n for n in qdq.graph.node if n.op_type == "QuantizeLinear"):
         dqs = [n for n, _ in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"]
         outs = [dq.output[0] for dq in dqs]
         # a graph output keeps its name on the DQ; the quantizer renamed its producer's output
         tensor = next((o for o in outs if o in graph_outputs), q.input[0])
-        dequantized.update((out, tensor) for out in outs)
-        # ORT's direct 8-bit ops request no quantization of their input: only their other readers do
-        users = [n for o in outs for n, _ in readers.get(o, []) if n.op_type not in DIRECT_OPS]
-        made_by = producer.get(q.input[0])
-        follower = made_by if made_by is not None and made_by.op_type in DIRECT_OPS else None
-        if made_by is not None and follower is None:
-            users.append(made_by)
+        users = [n for o in outs for n, _ in readers.get(o, [])]
+        if q.input[0] in producer:
+            users.append(producer[q.input[0]])
         unfolded = _folded(tensor, float_producer, qdq_nodes)
         points.append(QuantPoint(tensor, frozenset(n.name for n in users if n.name in quantized),
                                  [q.name, *(dq.name for dq in dqs)],
                                  {name: tensor for name in [q.input[0], *outs] if name != tensor}, unfolded,
-                                 *quantization(dqs[0]), weight=False,
-                                 follower=follower.name if follower is not None and follower.name in quantized else None,
-                                 follows=follower.input[0] if follower is not None else None))
-    for point in points:  # a follower reads its input through a DQ: the float tensor behind it
-        point.follows = dequantized.get(point.follows, point.follows)
+                                 *quantization(dqs[0]), weight=False))
     for dq in (n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers):
         users = readers.get(dq.output[0], [])
         # the quantizer keeps node names: the same node of the float graph reads the float weight there (unless
@@ -287,7 +262,7 @@ def _quant_points(qdq, model, quantized: set[str], candidates: set[str]) -> list
         if tensor in float_initializers:
             points.append(QuantPoint(tensor, frozenset(n.name for n, _ in users if n.name in quantized),
                                      [dq.name], {dq.output[0]: tensor}, [], *quantization(dq), weight=True))
-    return [p for p in points if p.nodes and p.nodes <= candidates]
+    return [p for p in points if p.owners and p.owners <= candidates and (p.weight or p.tensor in float_tensors)]
 
 
 def _folded(tensor: str, producer: dict, qdq_nodes: set[str]) -> list:
@@ -322,7 +297,7 @@ def layer_sensitivity(evaluator: Evaluator, samples: int = RANK_SAMPLES) -> list
     for p in (p for p in ranked if p.weight):
         noise[p.tensor] = _channel_noise(numpy_helper.to_array(weights[p.tensor]), p, channel_axis=0)
     order = {name: i for i, name in enumerate(evaluator.candidates)}
-    ranking = [Sensitivity(p.tensor, sorted(p.nodes, key=order.get), _noise_snr_db(noise[p.tensor]))
+    ranking = [Sensitivity(p.tensor, sorted(p.owners, key=order.get), _noise_snr_db(noise[p.tensor]))
                for p in ranked]
     return sorted(ranking, key=lambda s: s.snr_db)
 
