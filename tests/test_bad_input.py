@@ -51,14 +51,19 @@ def test_corrupt_or_truncated_onnx(tmp_path, capsys, example_build, content):
     assert_user_error(capsys, tmp_path / "out", code, "not a valid ONNX model")
 
 
-def test_onnx_with_an_operator_onnx_does_not_define(tmp_path, capsys):
-    """tf2onnx writes TensorFlow ops it cannot convert as they are (Keras's exact GELU became `Erfc`)."""
+def _one_op_onnx(path: pathlib.Path, op: str, name: str) -> pathlib.Path:
+    """An opset-17 ONNX file of one `op` node from input x (1, 8) to output y."""
     from onnx import TensorProto, helper, save
 
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8]) for name in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"], name="gelu/Erfc")], "g", io[:1], io[1:])
-    path = tmp_path / "exported.onnx"
+    io = [helper.make_tensor_value_info(tensor, TensorProto.FLOAT, [1, 8]) for tensor in ("x", "y")]
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name=name)], "g", io[:1], io[1:])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_with_an_operator_onnx_does_not_define(tmp_path, capsys):
+    """tf2onnx writes TensorFlow ops it cannot convert as they are (Keras's exact GELU became `Erfc`)."""
+    path = _one_op_onnx(tmp_path / "exported.onnx", "Erfc", "gelu/Erfc")
     code = run_cli("build", path, "--out", tmp_path / "out", "--quiet", "--random-calib")
     assert_user_error(capsys, tmp_path / "out", code, "uses the operator Erfc", "does not define (at opset 17)",
                       "re-export")
@@ -66,12 +71,7 @@ def test_onnx_with_an_operator_onnx_does_not_define(tmp_path, capsys):
 
 def test_source_model_that_outputs_nan_on_the_held_out_data(tmp_path, capsys):
     """Log of random (partly negative) inputs: the reference itself is NaN, so nothing can be judged against it."""
-    from onnx import TensorProto, helper, save
-
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8]) for name in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"], name="log")], "g", io[:1], io[1:])
-    path = tmp_path / "nan.onnx"
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = _one_op_onnx(tmp_path / "nan.onnx", "Log", "log")
     code = run_cli("build", path, "--out", tmp_path / "out", "--quiet", "--random-calib")
     assert_user_error(capsys, tmp_path / "out", code, "outputs NaN/Inf for 'y'", "held-out data", "preprocessing")
 

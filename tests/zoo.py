@@ -729,13 +729,30 @@ PADDLE_CLASSIFIER_OUTPUT = "save_infer_model/scale_0.tmp_0"
 PADDLE_DETECTOR_OUTPUT = "save_infer_model/scale_0.tmp_1"
 
 
+def _paddle_softmax_head(g: PaddleGraph, pooled: str, shape: str, path: str | Path) -> Path:
+    """The classifiers' head as paddle2onnx writes it: Reshape(pooled, shape) -> MatMul -> Add -> Softmax(axis=1),
+    its BatchNorms measured and the linear layer fitted (_ridge) to labeled_images' classes; saved at `path`."""
+    import onnx
+
+    flat = g.node("Reshape", [pooled, shape], "flatten")
+    weight, bias = g.const("fc_w", np.zeros((64, CLASSES), np.float32)), g.const("fc_b", np.zeros(CLASSES, np.float32))
+    logits = g.node("Add", [g.node("MatMul", [flat, weight], "matmul"), bias], "fc")
+    g.nodes.append(onnx.helper.make_node("Softmax", [logits], [PADDLE_CLASSIFIER_OUTPUT], name="softmax_0", axis=1))
+    model = g.model(PADDLE_INPUT, {PADDLE_CLASSIFIER_OUTPUT: (1, CLASSES)})
+    x, y = labeled_images(PADDLE_INPUT["x"], 256, INIT_SEED)
+    _fit_batch_norms(model, {"x": x})
+    (features,) = _tensor_values(model, {"x": x}, [flat])
+    fitted_weight, fitted_bias = _ridge(features.astype(np.float64), y)
+    _set_initializer(model, weight, fitted_weight.T)
+    _set_initializer(model, bias, fitted_bias)
+    return _save_checked(model, path)
+
+
 def paddle_style_classifier_onnx(path: str | Path) -> Path:
     """PP-LCNet-like classifier as paddle2onnx writes it at opset 11, x (1, 3, 32, 32) -> softmax (1, 10):
     Conv + separate BatchNormalization, hardswish as HardSigmoid * x, relu6 as Clip, conv bias as Add, a
     channel shuffle with Reshape shapes from initializers, GlobalAveragePool, a flatten whose Reshape shape
     comes from Shape -> Gather -> Unsqueeze -> Concat, MatMul + Add, then Softmax(axis=1) on 2-D."""
-    import onnx
-
     g = PaddleGraph(seed=10)
     x = g.conv_bn("x", 3, 16, 3, 2, act="hard_swish")  # 16x16
     x = g.conv_bn(x, 16, 16, 3, 1, groups=16, act="relu6")
@@ -752,18 +769,7 @@ def paddle_style_classifier_onnx(path: str | Path) -> Path:
                    "gather", axis=0)
     batch = g.node("Unsqueeze", [batch], "unsqueeze2", axes=[0])
     shape = g.node("Concat", [batch, g.const("shape", np.array([-1], np.int64))], "concat", axis=0)
-    flat = g.node("Reshape", [pooled, shape], "flatten")
-    weight, bias = g.const("fc_w", np.zeros((64, CLASSES), np.float32)), g.const("fc_b", np.zeros(CLASSES, np.float32))
-    logits = g.node("Add", [g.node("MatMul", [flat, weight], "matmul"), bias], "fc")
-    g.nodes.append(onnx.helper.make_node("Softmax", [logits], [PADDLE_CLASSIFIER_OUTPUT], name="softmax_0", axis=1))
-    model = g.model(PADDLE_INPUT, {PADDLE_CLASSIFIER_OUTPUT: (1, CLASSES)})
-    x, y = labeled_images(PADDLE_INPUT["x"], 256, INIT_SEED)
-    _fit_batch_norms(model, {"x": x})
-    (features,) = _tensor_values(model, {"x": x}, [flat])
-    fitted_weight, fitted_bias = _ridge(features.astype(np.float64), y)
-    _set_initializer(model, weight, fitted_weight.T)
-    _set_initializer(model, bias, fitted_bias)
-    return _save_checked(model, path)
+    return _paddle_softmax_head(g, pooled, shape, path)
 
 
 def paddle_style_direction_onnx(path: str | Path) -> Path:
@@ -782,18 +788,7 @@ def paddle_style_direction_onnx(path: str | Path) -> Path:
                    "slice")
     batch = g.node("Cast", [batch], "cast", to=onnx.TensorProto.INT64)
     shape = g.node("Concat", [batch, g.const("shape", np.array([-1], np.int64))], "concat", axis=0)
-    flat = g.node("Reshape", [pooled, shape], "flatten")
-    weight, bias = g.const("fc_w", np.zeros((64, CLASSES), np.float32)), g.const("fc_b", np.zeros(CLASSES, np.float32))
-    logits = g.node("Add", [g.node("MatMul", [flat, weight], "matmul"), bias], "fc")
-    g.nodes.append(onnx.helper.make_node("Softmax", [logits], [PADDLE_CLASSIFIER_OUTPUT], name="softmax_0", axis=1))
-    model = g.model(PADDLE_INPUT, {PADDLE_CLASSIFIER_OUTPUT: (1, CLASSES)})
-    x, y = labeled_images(PADDLE_INPUT["x"], 256, INIT_SEED)
-    _fit_batch_norms(model, {"x": x})
-    (features,) = _tensor_values(model, {"x": x}, [flat])
-    fitted_weight, fitted_bias = _ridge(features.astype(np.float64), y)
-    _set_initializer(model, weight, fitted_weight.T)
-    _set_initializer(model, bias, fitted_bias)
-    return _save_checked(model, path)
+    return _paddle_softmax_head(g, pooled, shape, path)
 
 
 def paddle_style_detector_onnx(path: str | Path) -> Path:
